@@ -1,0 +1,397 @@
+"""Reading stage: capture records from classic pcap and pcapng, in batches.
+
+A capture is read in chunks of a few megabytes. Only the walk from one record header to the
+next is a Python loop (it cannot be vectorised: each record's length decides where the next
+one starts); every other field is pulled out of the chunk with numpy in one go. The result is a
+:class:`RecordBatch` whose packet bytes stay in the chunk buffer, so the decoding stage can
+read them without copying.
+
+The same reader serves files (plain or gzip-compressed) and streams (``-`` for standard
+input, e.g. ``tcpdump -U -w - | appsight flows -``): a stream is read with ``read1`` so that
+a record is handed on as soon as it has arrived.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+
+from .errors import CaptureFormatError
+
+CHUNK_BYTES = 8 << 20
+#: Largest captured length accepted for one record (libpcap's own maximum snapshot length).
+MAX_RECORD = 262_144
+#: Largest pcapng block accepted; anything bigger is taken as corruption.
+MAX_BLOCK = 16 << 20
+
+PCAP_MAGICS = {
+    b"\xd4\xc3\xb2\xa1": ("<", 1_000),  # microseconds, little endian
+    b"\xa1\xb2\xc3\xd4": (">", 1_000),
+    b"\x4d\x3c\xb2\xa1": ("<", 1),  # nanoseconds
+    b"\xa1\xb2\x3c\x4d": (">", 1),
+}
+PCAPNG_SHB = 0x0A0D0D0A
+PCAPNG_BYTE_ORDER_MAGIC = 0x1A2B3C4D
+BLOCK_IDB, BLOCK_PB, BLOCK_SPB, BLOCK_EPB = 1, 2, 3, 6
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+@dataclass
+class RecordBatch:
+    """Consecutive capture records; packet ``i`` is ``data[offset[i]:offset[i] + caplen[i]]``."""
+
+    data: np.ndarray
+    offset: np.ndarray
+    caplen: np.ndarray
+    wirelen: np.ndarray
+    ts_ns: np.ndarray
+    linktype: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.offset)
+
+    def packet(self, i: int) -> bytes:
+        """The captured bytes of record ``i`` (for slow paths and tests)."""
+        start = int(self.offset[i])
+        return self.data[start : start + int(self.caplen[i])].tobytes()
+
+
+@dataclass
+class ReadStats:
+    """What the reader met besides good records; turned into one warning line per capture."""
+
+    records: int = 0
+    malformed_records: int = 0
+    skipped_blocks: int = 0
+    problems: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Interface:
+    linktype: int
+    ts_unit_ns: float  # nanoseconds per timestamp tick
+    ts_offset_s: int = 0
+
+
+@dataclass
+class _Section:
+    order: str  # "<" or ">"
+    interfaces: list[_Interface] = field(default_factory=list)
+
+
+def _gather_u32(data: np.ndarray, positions: np.ndarray, width: int, order: str) -> np.ndarray:
+    """Read ``width`` consecutive 32-bit words at each position: shape (n, width)."""
+    index = positions[:, None] + np.arange(width * 4, dtype=np.int64)
+    np.minimum(index, len(data) - 1, out=index)  # a short last block reads padding, not past the end
+    words = np.ascontiguousarray(data[index]).view(np.dtype(order + "u4"))
+    return words.reshape(len(positions), width).astype(np.int64)
+
+
+def _pcapng_ts_unit(resolution: int) -> float:
+    """Nanoseconds per tick for an ``if_tsresol`` option byte."""
+    exponent = resolution & 0x7F
+    if resolution & 0x80:
+        return 1e9 / float(2**exponent)
+    return 10.0 ** (9 - exponent)
+
+
+class CaptureReader:
+    """Iterates over :class:`RecordBatch` objects of one capture file or stream."""
+
+    def __init__(self, source: str | os.PathLike[str], chunk_bytes: int = CHUNK_BYTES) -> None:
+        self.source = str(source)
+        self.name = "stdin" if self.source == "-" else Path(self.source).name
+        self.chunk_bytes = chunk_bytes
+        self.stats = ReadStats()
+        self._stream: BinaryIO = self._open()
+
+    # ----------------------------------------------------------------- opening
+    def _open(self) -> BinaryIO:
+        if self.source == "-":
+            return sys.stdin.buffer
+        try:
+            stream: BinaryIO = open(self.source, "rb")  # noqa: SIM115 - closed by close()
+        except IsADirectoryError:
+            raise CaptureFormatError(f"{self.source}: is a directory, not a capture") from None
+        except OSError as exc:
+            raise CaptureFormatError(f"{self.source}: cannot open: {exc.strerror}") from None
+        if stream.peek(2)[:2] == GZIP_MAGIC:
+            return gzip.GzipFile(fileobj=stream)  # type: ignore[return-value]
+        return stream
+
+    def close(self) -> None:
+        if self._stream is not sys.stdin.buffer:
+            self._stream.close()
+
+    def __enter__(self) -> CaptureReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _read(self, size: int) -> bytes:
+        """Whatever is available now, up to ``size`` bytes; ``b""`` only at end of input."""
+        try:
+            if self.source == "-":  # a live stream: take what has arrived, do not wait for more
+                return self._stream.read1(size)  # type: ignore[attr-defined]
+            return self._stream.read(size)
+        except (OSError, EOFError, gzip.BadGzipFile) as exc:
+            self.stats.problems.append(f"read error: {exc}")
+            return b""
+
+    def _read_exactly(self, size: int) -> bytes:
+        parts: list[bytes] = []
+        wanted = size
+        while wanted > 0:
+            part = self._read(wanted)
+            if not part:
+                break
+            parts.append(part)
+            wanted -= len(part)
+        return b"".join(parts)
+
+    # --------------------------------------------------------------- iterating
+    def __iter__(self) -> Iterator[RecordBatch]:
+        head = self._read_exactly(4)
+        if len(head) < 4:
+            what = "empty" if not head else "too short"
+            raise CaptureFormatError(f"{self.source}: {what}, not a pcap or pcapng capture")
+        if head in PCAP_MAGICS:
+            yield from self._iter_pcap(head)
+        elif struct.unpack("<I", head)[0] == PCAPNG_SHB:
+            yield from self._iter_pcapng(head)
+        else:
+            raise CaptureFormatError(
+                f"{self.source}: not a pcap or pcapng capture (starts with {head.hex()})"
+            )
+
+    # ------------------------------------------------------------------- pcap
+    def _iter_pcap(self, magic: bytes) -> Iterator[RecordBatch]:
+        order, tick_ns = PCAP_MAGICS[magic]
+        header = magic + self._read_exactly(20)
+        if len(header) < 24:
+            raise CaptureFormatError(f"{self.source}: pcap file header is truncated")
+        _, _, _, _, snaplen, network = struct.unpack(order + "HHiIII", header[4:])
+        linktype = network & 0x0FFFFFFF
+        limit = max(MAX_RECORD, snaplen if snaplen <= MAX_BLOCK else 0)
+        caplen_at = struct.Struct(order + "I").unpack_from
+        pending = b""
+        while True:
+            data = self._read(self.chunk_bytes)
+            buf = pending + data if pending else data
+            if not data:
+                if buf:
+                    self._truncated(len(buf))
+                return
+            positions: list[int] = []
+            append = positions.append
+            pos, end = 0, len(buf)
+            corrupt = False
+            while pos + 16 <= end:
+                incl = caplen_at(buf, pos + 8)[0]
+                if incl > limit:
+                    corrupt = True
+                    break
+                nxt = pos + 16 + incl
+                if nxt > end:
+                    break
+                append(pos)
+                pos = nxt
+            if positions:
+                yield self._pcap_batch(buf, positions, order, tick_ns, linktype)
+            if corrupt:
+                self._corrupt(f"record with captured length {incl} > {limit}")
+                return
+            pending = buf[pos:]
+
+    def _pcap_batch(
+        self, buf: bytes, positions: list[int], order: str, tick_ns: int, linktype: int
+    ) -> RecordBatch:
+        data = np.frombuffer(buf, dtype=np.uint8)
+        pos = np.asarray(positions, dtype=np.int64)
+        fields = _gather_u32(data, pos, 4, order)
+        self.stats.records += len(pos)
+        return RecordBatch(
+            data=data,
+            offset=pos + 16,
+            caplen=fields[:, 2],
+            wirelen=fields[:, 3],
+            ts_ns=fields[:, 0] * 1_000_000_000 + fields[:, 1] * tick_ns,
+            linktype=np.full(len(pos), linktype, dtype=np.int32),
+        )
+
+    # ----------------------------------------------------------------- pcapng
+    def _iter_pcapng(self, head: bytes) -> Iterator[RecordBatch]:
+        pending = head
+        section: _Section | None = None
+        while True:
+            data = self._read(self.chunk_bytes)
+            buf = pending + data if pending else data
+            if not data:
+                if buf:
+                    self._truncated(len(buf))
+                return
+            # Packet blocks are collected per section: (section, [position*4 + kind]).
+            groups: list[tuple[_Section, list[int]]] = []
+            packets: list[int] = []
+            if section is not None:
+                groups.append((section, packets))
+            append = packets.append
+            order = section.order if section else "<"
+            block_head = struct.Struct(order + "II").unpack_from
+            pos, end = 0, len(buf)
+            corrupt = ""
+            while pos + 12 <= end:
+                btype, blen = block_head(buf, pos)
+                if btype == PCAPNG_SHB:
+                    magic_le = struct.unpack_from("<I", buf, pos + 8)[0]
+                    if magic_le == PCAPNG_BYTE_ORDER_MAGIC:
+                        order = "<"
+                    elif magic_le == 0x4D3C2B1A:
+                        order = ">"
+                    else:
+                        corrupt = "section header with a bad byte-order magic"
+                        break
+                    block_head = struct.Struct(order + "II").unpack_from
+                    blen = block_head(buf, pos)[1]
+                    if blen < 28 or blen % 4 or blen > MAX_BLOCK:
+                        corrupt = f"section header of impossible length {blen}"
+                        break
+                    if pos + blen > end:
+                        break
+                    section = _Section(order)
+                    packets = []
+                    append = packets.append
+                    groups.append((section, packets))
+                    pos += blen
+                    continue
+                if blen < 12 or blen % 4 or blen > MAX_BLOCK:
+                    corrupt = f"block of impossible length {blen}"
+                    break
+                if pos + blen > end:
+                    break
+                if section is None:
+                    corrupt = "packet data before the first section header"
+                    break
+                if btype == BLOCK_EPB or btype == BLOCK_PB:
+                    append(pos * 4 + (0 if btype == BLOCK_EPB else 1))
+                elif btype == BLOCK_SPB:
+                    append(pos * 4 + 2)
+                elif btype == BLOCK_IDB:
+                    section.interfaces.append(self._parse_idb(buf, pos, blen, order))
+                else:
+                    self.stats.skipped_blocks += 1
+                pos += blen
+            for group_section, group_packets in groups:
+                if group_packets:
+                    batch = self._pcapng_batch(buf, group_packets, group_section)
+                    if batch is not None:
+                        yield batch
+            if corrupt:
+                self._corrupt(corrupt)
+                return
+            pending = buf[pos:]
+
+    def _parse_idb(self, buf: bytes, pos: int, blen: int, order: str) -> _Interface:
+        linktype = struct.unpack_from(order + "H", buf, pos + 8)[0]
+        unit = 1_000.0  # default resolution: microseconds
+        offset_s = 0
+        opt, stop = pos + 16, pos + blen - 4
+        while opt + 4 <= stop:
+            code, length = struct.unpack_from(order + "HH", buf, opt)
+            if code == 0:
+                break
+            value = buf[opt + 4 : opt + 4 + length]
+            if code == 9 and length >= 1:
+                unit = _pcapng_ts_unit(value[0])
+            elif code == 14 and length == 8:
+                offset_s = struct.unpack(order + "q", value)[0]
+            opt += 4 + length + (-length % 4)
+        return _Interface(linktype, unit, offset_s)
+
+    def _pcapng_batch(
+        self, buf: bytes, coded: list[int], section: _Section
+    ) -> RecordBatch | None:
+        order = section.order
+        data = np.frombuffer(buf, dtype=np.uint8)
+        code = np.asarray(coded, dtype=np.int64)
+        pos, kind = code >> 2, code & 3
+        n = len(pos)
+        is_spb = kind == 2
+        # EPB/PB: blen, iface, ts_hi, ts_lo, caplen, wirelen at +4..+24, data at +28.
+        # SPB: blen, wirelen at +4, +8, data at +12 (no timestamp, interface 0).
+        words = _gather_u32(data, pos, 7, order)
+        blen = np.where(is_spb, 0, words[:, 1])
+        iface = words[:, 2]
+        if order == "<":
+            iface = np.where(kind == 1, iface & 0xFFFF, iface)
+        else:
+            iface = np.where(kind == 1, iface >> 16, iface)
+        ts_raw = (words[:, 3] << 32) | words[:, 4]
+        caplen = words[:, 5]
+        wirelen = words[:, 6]
+        offset = pos + 28
+        if is_spb.any():
+            spb = np.flatnonzero(is_spb)
+            spb_words = _gather_u32(data, pos[spb], 3, order)
+            spb_blen, spb_wire = spb_words[:, 1], spb_words[:, 2]
+            blen[spb] = spb_blen
+            wirelen[spb] = spb_wire
+            caplen[spb] = np.minimum(spb_wire, spb_blen - 16)
+            iface[spb] = 0
+            offset[spb] = pos[spb] + 12
+        header = np.where(is_spb, 16, 32)
+        good = (caplen <= blen - header) & (iface < len(section.interfaces))
+        bad = n - int(good.sum())
+        if bad:
+            self.stats.malformed_records += bad
+        if not good.any():
+            return None
+        if bad:
+            keep = np.flatnonzero(good)
+            pos, kind, iface, ts_raw = pos[keep], kind[keep], iface[keep], ts_raw[keep]
+            caplen, wirelen, offset, is_spb = caplen[keep], wirelen[keep], offset[keep], is_spb[keep]
+        linktypes = np.array([i.linktype for i in section.interfaces], dtype=np.int32)
+        units = np.array([i.ts_unit_ns for i in section.interfaces], dtype=np.float64)
+        offsets_s = np.array([i.ts_offset_s for i in section.interfaces], dtype=np.int64)
+        ts_ns = np.empty(len(pos), dtype=np.int64)
+        exact = units[iface] == np.round(units[iface])
+        ts_ns[exact] = ts_raw[exact] * units[iface[exact]].astype(np.int64)
+        inexact = ~exact
+        if inexact.any():  # sub-nanosecond or binary resolutions
+            ts_ns[inexact] = np.floor(ts_raw[inexact] * units[iface[inexact]]).astype(np.int64)
+        ts_ns += offsets_s[iface] * 1_000_000_000
+        if is_spb.any():  # simple packet blocks carry no time: reuse the one before
+            ts_ns = _fill_forward(ts_ns, is_spb)
+        self.stats.records += len(pos)
+        return RecordBatch(data, offset, caplen, wirelen, ts_ns, linktypes[iface])
+
+    # ---------------------------------------------------------------- problems
+    def _truncated(self, leftover: int) -> None:
+        self.stats.problems.append(f"file ends inside a record ({leftover} bytes ignored)")
+
+    def _corrupt(self, what: str) -> None:
+        self.stats.problems.append(f"corrupt capture: {what}; the rest was skipped")
+
+
+def _fill_forward(values: np.ndarray, missing: np.ndarray) -> np.ndarray:
+    """Replace each missing value by the last present one before it (0 at the start)."""
+    present = np.where(~missing, np.arange(len(values)), -1)
+    last = np.maximum.accumulate(present)
+    out = np.where(last >= 0, values[np.maximum(last, 0)], 0)
+    return out.astype(np.int64)
+
+
+def read_records(source: str | os.PathLike[str], chunk_bytes: int = CHUNK_BYTES) -> CaptureReader:
+    """Open a capture for reading; iterate over the result for :class:`RecordBatch` objects."""
+    return CaptureReader(source, chunk_bytes)
+
+
