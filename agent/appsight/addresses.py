@@ -60,7 +60,9 @@ class NetworkMatcher:
                 try:
                     net = ipaddress.ip_network(part, strict=False)
                 except ValueError:
-                    raise UsageError(f"--device: {part!r} is not an IP address or network") from None
+                    raise UsageError(
+                        f"--device: {part!r} is not an IP address or network"
+                    ) from None
                 prefix = net.prefixlen + (96 if net.version == 4 else 0)
                 mask = ((1 << 128) - 1) ^ ((1 << (128 - prefix)) - 1)
                 base = int(net.network_address) | (_V4_MAPPED_PREFIX if net.version == 4 else 0)

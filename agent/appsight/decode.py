@@ -31,7 +31,7 @@ from .reader import RecordBatch
 # Link types (https://www.tcpdump.org/linktypes.html)
 DLT_NULL, DLT_EN10MB, DLT_PPP, DLT_RAW_BSD1, DLT_RAW_BSD2 = 0, 1, 9, 12, 14
 DLT_PPP_HDLC, DLT_RAW, DLT_C_HDLC, DLT_LOOP, DLT_LINUX_SLL = 50, 101, 104, 108, 113
-DLT_IPV4, DLT_IPV6, DLT_LINUX_SLL2 = 228, 229, 276
+DLT_PPI, DLT_IPV4, DLT_IPV6, DLT_LINUX_SLL2 = 192, 228, 229, 276
 
 ETH_IPV4, ETH_IPV6, ETH_VLAN, ETH_QINQ, ETH_VLAN_OLD = 0x0800, 0x86DD, 0x8100, 0x88A8, 0x9100
 ETH_MPLS, ETH_MPLS_MC, ETH_PPPOE = 0x8847, 0x8848, 0x8864
@@ -46,7 +46,8 @@ AT_NONE = -1  # not IP: drop
 
 PROTO_ICMP, PROTO_IPIP, PROTO_TCP, PROTO_UDP, PROTO_IPV6 = 1, 4, 6, 17, 41
 PROTO_GRE = 47
-IPV6_EXTENSIONS = (0, 43, 60, 135, 139, 140)  # hop-by-hop, routing, dest. options, mobility, HIP, shim6
+# hop-by-hop, routing, destination options, mobility, HIP, shim6
+IPV6_EXTENSIONS = (0, 43, 60, 135, 139, 140)
 IPV6_FRAGMENT, IPV6_AH = 44, 51
 PORT_GTP_U, PORT_VXLAN, PORT_CAPWAP_DATA, PORT_TZSP = 2152, 4789, 5247, 37008
 MAX_LAYERS = 12  # nesting limit: fuzzed frames can claim tunnels inside tunnels forever
@@ -80,7 +81,7 @@ class PacketBatch:
     COLUMNS = (
         "ts_ns", "frame_len", "ip_len", "proto", "src_hi", "src_lo",
         "dst_hi", "dst_lo", "sport", "dport",
-    )  # fmt: skip
+    )
 
     def take(self, index: np.ndarray | slice) -> PacketBatch:
         """The packets selected by ``index``, as a new batch."""
@@ -97,7 +98,7 @@ class PacketBatch:
         return cls(
             *(np.zeros(0, dtype=np.uint64 if "hi" in c or "lo" in c else np.int64)
               for c in cls.COLUMNS)
-        )  # fmt: skip
+        )
 
 
 @dataclass
@@ -190,7 +191,7 @@ class Decoder:
                     swapped = (
                         ((family & 0xFF) << 24) | ((family & 0xFF00) << 8)
                         | ((family >> 8) & 0xFF00) | (family >> 24)
-                    )  # fmt: skip
+                    )
                     family = np.where(family > 0xFFFF, swapped, family)
                 what[idx] = np.select(
                     [family == 2, np.isin(family, (24, 28, 30))], [ETH_IPV4, ETH_IPV6], AT_NONE
@@ -204,6 +205,13 @@ class Decoder:
                 ppp, _ = frames.u16(idx, cursor[idx])
                 what[idx] = _ppp_to_ethertype(ppp)
                 cursor[idx] += 2
+            elif lt == DLT_PPI:  # per-packet information header, then the frame it wraps
+                zeros = np.zeros(len(idx), dtype=np.int64)
+                lo, _ = frames.u8(idx, zeros + 2)
+                hi, _ = frames.u8(idx, zeros + 3)
+                inner_dlt, _ = frames.u8(idx, zeros + 4)
+                cursor[idx] = lo | (hi << 8)  # header length, little endian
+                what[idx] = np.where(inner_dlt == DLT_EN10MB, AT_ETHERNET, AT_NONE)
             elif lt == DLT_C_HDLC:
                 what[idx] = frames.u16(idx, np.full(len(idx), 2))[0]
                 cursor[idx] = 4
@@ -315,7 +323,7 @@ class Decoder:
             if len(todo) == 0:
                 break
             self._parse_ip(frames, todo, cursor, what, proto, ip_len, l4, malformed,
-                           (src_hi, src_lo, dst_hi, dst_lo), frag_id, frag_state)  # fmt: skip
+                           (src_hi, src_lo, dst_hi, dst_lo), frag_id, frag_state)
             todo = todo[~malformed[todo]]
             if not self.decapsulate:
                 break
@@ -335,7 +343,7 @@ class Decoder:
             self._attribute_fragments(
                 np.flatnonzero(keep & (frag_state != 0)), frag_state, frag_id, proto,
                 (src_hi, src_lo, dst_hi, dst_lo), sport, dport,
-            )  # fmt: skip
+            )
 
         sel = np.flatnonzero(keep)
         return PacketBatch(
@@ -352,7 +360,7 @@ class Decoder:
         )
 
     def _parse_ip(self, frames, idx, cursor, what, proto, ip_len, l4, malformed, addrs,
-                  frag_id, frag_state) -> None:  # fmt: skip
+                  frag_id, frag_state) -> None:
         """Parse the IPv4 or IPv6 header at each packet's cursor (innermost one wins)."""
         src_hi, src_lo, dst_hi, dst_lo = addrs
         c = cursor[idx]
@@ -442,11 +450,11 @@ class Decoder:
                 4 + np.where(flags & 0x8000, 4, 0) + np.where(flags & 0x2000, 4, 0)
                 + np.where(flags & 0x1000, 4, 0)
                 + np.where((version == 1) & ((flags & 0x0080) != 0), 4, 0)
-            )  # fmt: skip
+            )
             w = np.select(
                 [ptype == ETH_IPV4, ptype == ETH_IPV6, ptype == ETH_TEB, ptype == 0x880B],
                 [ETH_IPV4, ETH_IPV6, AT_ETHERNET, -5], AT_NONE,
-            )  # fmt: skip
+            )
             ppp = w == -5  # PPTP: PPP inside enhanced GRE, maybe with address/control bytes
             if ppp.any():
                 first, _ = frames.u16(gi[ppp], at[ppp] + hlen[ppp])
@@ -542,7 +550,7 @@ class Decoder:
         self.stats.fragments += len(idx)
         for i in idx.tolist():
             key = (int(src_hi[i]), int(src_lo[i]), int(dst_hi[i]), int(dst_lo[i]),
-                   int(proto[i]), int(frag_id[i]))  # fmt: skip
+                   int(proto[i]), int(frag_id[i]))
             if frag_state[i] == 1:
                 memory[key] = (int(sport[i]), int(dport[i]))
                 memory.move_to_end(key)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .addresses import NetworkMatcher
-from .decode import PacketBatch
+from .bursts import BurstBlock
 
 _M1 = np.uint64(0x9E3779B97F4A7C15)
 _M2 = np.uint64(0xBF58476D1CE4E5B9)
@@ -26,13 +26,15 @@ _M3 = np.uint64(0x94D049BB133111EB)
 
 @dataclass
 class FlowTable:
-    """The full flows of one burst, in order of their first packet.
+    """The full flows of one or more consecutive bursts, in order of their first packet.
 
+    ``burst`` numbers each flow's burst within the block (flows of a burst are contiguous).
     Per-flow columns hold the 5-tuple in forward orientation and the counters. The packets of
     flow ``k`` are ``pkt_*[start[k]:start[k + 1]]`` in capture order, with ``pkt_fwd``
     telling their direction; features are computed from these.
     """
 
+    burst: np.ndarray
     proto: np.ndarray
     src_hi: np.ndarray
     src_lo: np.ndarray
@@ -101,18 +103,24 @@ def _group(keys: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     return order, np.flatnonzero(exact)
 
 
-def build_flows(burst: PacketBatch, device: NetworkMatcher | None = None) -> FlowTable:
-    """Group the packets of one burst into full flows (see the module docstring)."""
+def build_flows(block: BurstBlock, device: NetworkMatcher | None = None) -> FlowTable:
+    """Group the packets of each burst of a block into full flows (see the module docstring)."""
+    burst = block.packets
     n = len(burst)
     if n == 0:
         raise ValueError("a burst has at least one packet")
+    burst_of = block.burst_of_packet()
     sh, sl, sp = burst.src_hi, burst.src_lo, burst.sport
     dh, dl, dp = burst.dst_hi, burst.dst_lo, burst.dport
     # Direction-free key: the smaller (address, port) endpoint first.
     swapped = (sh > dh) | ((sh == dh) & ((sl > dl) | ((sl == dl) & (sp > dp))))
-    a_hi, a_lo, a_port = np.where(swapped, dh, sh), np.where(swapped, dl, sl), np.where(swapped, dp, sp)
-    b_hi, b_lo, b_port = np.where(swapped, sh, dh), np.where(swapped, sl, dl), np.where(swapped, sp, dp)
-    order, starts = _group([burst.proto, a_hi, a_lo, b_hi, b_lo, a_port, b_port])
+    a_hi, a_lo = np.where(swapped, dh, sh), np.where(swapped, dl, sl)
+    b_hi, b_lo = np.where(swapped, sh, dh), np.where(swapped, sl, dl)
+    a_port, b_port = np.where(swapped, dp, sp), np.where(swapped, sp, dp)
+    keys = [burst.proto, a_hi, a_lo, b_hi, b_lo, a_port, b_port]
+    if block.count > 1:
+        keys.insert(0, burst_of)
+    order, starts = _group(keys)
 
     # Groups in order of their first packet (stable sort: a group's first entry is its earliest).
     first_pos = order[starts]
@@ -147,6 +155,7 @@ def build_flows(burst: PacketBatch, device: NetworkMatcher | None = None) -> Flo
     bytes_fwd = np.bincount(flow_id, weights=frame * pkt_fwd, minlength=n_flows).astype(np.int64)
     bytes_all = np.add.reduceat(frame, start[:-1])
     return FlowTable(
+        burst=burst_of[first],
         proto=burst.proto[first],
         src_hi=np.where(flip, f_dh, f_sh),
         src_lo=np.where(flip, f_dl, f_sl),

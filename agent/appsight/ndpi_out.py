@@ -4,7 +4,8 @@ nDPI's verdicts are this project's independent ground truth twice over: its per-
 and byte counters check the flow engine, and its application labels label real captures for
 training. Each flow line looks like::
 
-    <tab><idx><tab><L4> <src>:<sport> <->|-> <dst>:<dport> [VLAN: 7][proto: [TUNNEL:]<ids>/<Master>[.<App>]]...
+    <tab><idx><tab><L4> <src>:<sport> <->|-> <dst>:<dport> [VLAN: 7]
+        [proto: [TUNNEL:]<ids>/<Master>[.<App>]]...
         [Confidence: DPI]...[<n> pkts/<b> bytes <->|-> <n> pkts/<b> bytes]...[Hostname/SNI: ...]
 
 ``src`` is the side that sent the flow's first packet; counters are captured frame bytes.

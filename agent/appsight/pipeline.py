@@ -10,11 +10,13 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from .addresses import NetworkMatcher
-from .bursts import DEFAULT_BURST_GAP, BurstSplitter
+from .bursts import DEFAULT_BURST_GAP, BurstBlock, BurstSplitter
 from .decode import Decoder, DecodeStats
 from .flows import FlowTable, build_flows
-from .reader import ReadStats, RecordBatch, read_records
+from .reader import CaptureReader, ReadStats, RecordBatch, read_records
 
 
 @dataclass(frozen=True)
@@ -27,12 +29,23 @@ class PipelineOptions:
 
 
 @dataclass
-class Burst:
-    """The flows of one burst of one capture."""
+class FlowBlock:
+    """The flows of one or more consecutive bursts of one capture.
+
+    ``flows.burst`` numbers bursts within the block; the capture-wide number of a flow's
+    burst is ``first_burst + flows.burst``.
+    """
 
     capture: str
-    index: int
+    first_burst: int
+    n_bursts: int
     flows: FlowTable
+
+    def burst_slices(self) -> Iterator[tuple[int, slice]]:
+        """(capture-wide burst number, slice of its flows) for each burst of the block."""
+        bounds = np.searchsorted(self.flows.burst, np.arange(self.n_bursts + 1))
+        for k in range(self.n_bursts):
+            yield self.first_burst + k, slice(int(bounds[k]), int(bounds[k + 1]))
 
 
 @dataclass
@@ -45,7 +58,6 @@ class CaptureSummary:
     packets: int = 0
     bursts: int = 0
     flows: int = 0
-    bytes_read: int = 0
     problems: list[str] = field(default_factory=list)
 
     def warning(self) -> str | None:
@@ -73,44 +85,46 @@ class FlowMeter:
         self.packets = 0
         self.flows = 0
 
-    def _finish(self, packets) -> Burst:
-        table = build_flows(packets, self.options.device)
-        burst = Burst(self.capture, self.bursts_done, table)
-        self.bursts_done += 1
+    def _finish(self, block: BurstBlock | None) -> FlowBlock | None:
+        if block is None:
+            return None
+        table = build_flows(block, self.options.device)
+        result = FlowBlock(self.capture, self.bursts_done, block.count, table)
+        self.bursts_done += block.count
         self.flows += len(table)
-        return burst
+        return result
 
-    def push(self, batch: RecordBatch) -> list[Burst]:
-        """Decode a batch of records; return the bursts it completed."""
+    def push(self, batch: RecordBatch) -> FlowBlock | None:
+        """Decode a batch of records; return the flows of the bursts it completed, if any."""
         packets = self.decoder.decode(batch)
         self.packets += len(packets)
-        return [self._finish(b) for b in self.splitter.push(packets)]
+        return self._finish(self.splitter.push(packets))
 
-    def close(self) -> Burst | None:
+    def close(self) -> FlowBlock | None:
         """End the open burst (end of input, or the live clock saw the gap pass)."""
-        packets = self.splitter.close()
-        return None if packets is None else self._finish(packets)
+        return self._finish(self.splitter.close())
 
 
-def iter_bursts(
+def iter_flow_blocks(
     source: str | os.PathLike[str],
     options: PipelineOptions,
     on_summary: Callable[[CaptureSummary], None] | None = None,
-    on_progress: Callable[[int], None] | None = None,
-) -> Iterator[Burst]:
-    """All bursts of one capture file (or ``-`` for a pcap stream on standard input).
+    on_progress: Callable[[CaptureReader], None] | None = None,
+) -> Iterator[FlowBlock]:
+    """The flows of all bursts of one capture file (``-``: a pcap stream on standard input).
 
-    ``on_progress`` receives the number of bytes consumed so far; ``on_summary`` receives the
-    capture's :class:`CaptureSummary` when it has been read to the end.
+    ``on_progress`` is called with the reader after each batch of records (it exposes the
+    position and size); ``on_summary`` receives the capture's :class:`CaptureSummary` once it
+    has been read to the end.
     """
     with read_records(source) as reader:
         meter = FlowMeter(reader.name, options)
-        consumed = 0
         for batch in reader:
-            yield from meter.push(batch)
+            block = meter.push(batch)
+            if block is not None:
+                yield block
             if on_progress is not None:
-                consumed = int(batch.offset[-1] + batch.caplen[-1]) if len(batch) else consumed
-                on_progress(len(batch))
+                on_progress(reader)
         last = meter.close()
         if last is not None:
             yield last
@@ -119,16 +133,16 @@ def iter_bursts(
                 CaptureSummary(
                     capture=reader.name, read=reader.stats, decode=meter.decoder.stats,
                     packets=meter.packets, bursts=meter.bursts_done, flows=meter.flows,
-                )  # fmt: skip
+                )
             )
 
 
-def iter_all_bursts(
+def iter_all_flow_blocks(
     sources: Iterable[str | os.PathLike[str]],
     options: PipelineOptions,
     on_summary: Callable[[CaptureSummary], None] | None = None,
-    on_progress: Callable[[int], None] | None = None,
-) -> Iterator[Burst]:
-    """Bursts of several captures, one capture after the other."""
+    on_progress: Callable[[CaptureReader], None] | None = None,
+) -> Iterator[FlowBlock]:
+    """Flow blocks of several captures, one capture after the other."""
     for source in sources:
-        yield from iter_bursts(source, options, on_summary, on_progress)
+        yield from iter_flow_blocks(source, options, on_summary, on_progress)

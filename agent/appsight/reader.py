@@ -90,7 +90,7 @@ class _Section:
 def _gather_u32(data: np.ndarray, positions: np.ndarray, width: int, order: str) -> np.ndarray:
     """Read ``width`` consecutive 32-bit words at each position: shape (n, width)."""
     index = positions[:, None] + np.arange(width * 4, dtype=np.int64)
-    np.minimum(index, len(data) - 1, out=index)  # a short last block reads padding, not past the end
+    np.minimum(index, len(data) - 1, out=index)  # a short last block: never read past the end
     words = np.ascontiguousarray(data[index]).view(np.dtype(order + "u4"))
     return words.reshape(len(positions), width).astype(np.int64)
 
@@ -111,7 +111,14 @@ class CaptureReader:
         self.name = "stdin" if self.source == "-" else Path(self.source).name
         self.chunk_bytes = chunk_bytes
         self.stats = ReadStats()
+        self._raw: BinaryIO | None = None
         self._stream: BinaryIO = self._open()
+        self.size: int | None = None
+        if self._raw is not None:
+            try:
+                self.size = os.fstat(self._raw.fileno()).st_size
+            except OSError:
+                self.size = None
 
     # ----------------------------------------------------------------- opening
     def _open(self) -> BinaryIO:
@@ -123,9 +130,18 @@ class CaptureReader:
             raise CaptureFormatError(f"{self.source}: is a directory, not a capture") from None
         except OSError as exc:
             raise CaptureFormatError(f"{self.source}: cannot open: {exc.strerror}") from None
+        self._raw = stream
         if stream.peek(2)[:2] == GZIP_MAGIC:
             return gzip.GzipFile(fileobj=stream)  # type: ignore[return-value]
         return stream
+
+    @property
+    def position(self) -> int | None:
+        """Bytes of the file consumed so far (compressed bytes for gzip), None for streams."""
+        try:
+            return self._raw.tell() if self._raw is not None else None
+        except (OSError, ValueError):
+            return None
 
     def close(self) -> None:
         if self._stream is not sys.stdin.buffer:
@@ -281,7 +297,7 @@ class CaptureReader:
                 if section is None:
                     corrupt = "packet data before the first section header"
                     break
-                if btype == BLOCK_EPB or btype == BLOCK_PB:
+                if btype in (BLOCK_EPB, BLOCK_PB):
                     append(pos * 4 + (0 if btype == BLOCK_EPB else 1))
                 elif btype == BLOCK_SPB:
                     append(pos * 4 + 2)
@@ -358,7 +374,8 @@ class CaptureReader:
         if bad:
             keep = np.flatnonzero(good)
             pos, kind, iface, ts_raw = pos[keep], kind[keep], iface[keep], ts_raw[keep]
-            caplen, wirelen, offset, is_spb = caplen[keep], wirelen[keep], offset[keep], is_spb[keep]
+            caplen, wirelen = caplen[keep], wirelen[keep]
+            offset, is_spb = offset[keep], is_spb[keep]
         linktypes = np.array([i.linktype for i in section.interfaces], dtype=np.int32)
         units = np.array([i.ts_unit_ns for i in section.interfaces], dtype=np.float64)
         offsets_s = np.array([i.ts_offset_s for i in section.interfaces], dtype=np.int64)

@@ -1,0 +1,92 @@
+"""Feature tables on disk: CSV or Parquet, chosen by the file name, written block by block.
+
+Rows are written as blocks of flows arrive, so memory stays bounded by one block however
+long the capture; an interrupted run leaves a valid file holding every flow finished so far.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import sys
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+
+from .errors import UsageError
+
+ID_COLUMNS = (
+    "capture", "burst", "proto", "src", "sport", "dst", "dport", "first_ts", "last_ts",
+    "packets_fwd", "packets_bwd", "bytes_fwd", "bytes_bwd",
+)
+
+
+class FeatureTableWriter:
+    """Writes identifying columns plus feature columns to ``.csv`` (or ``-``) or ``.parquet``."""
+
+    def __init__(self, path: str, feature_columns: tuple[str, ...]) -> None:
+        self.path = path
+        self.columns = (*ID_COLUMNS, *feature_columns)
+        self.rows = 0
+        suffix = Path(path).suffix.lower()
+        self._parquet = None
+        self._csv_file: IO[str] | None = None
+        if suffix == ".parquet":
+            try:
+                import pyarrow as pa
+                import pyarrow.parquet as pq
+            except ImportError:
+                raise UsageError(
+                    "writing Parquet needs pyarrow: pip install 'appsight[parquet]'"
+                ) from None
+            self._pa = pa
+            schema = pa.schema(
+                [(c, pa.string()) if c in ("capture", "proto", "src", "dst") else
+                 (c, pa.float64()) if c in ("first_ts", "last_ts") else (c, pa.int64())
+                 for c in ID_COLUMNS] + [(c, pa.float64()) for c in feature_columns]
+            )
+            self._schema = schema
+            try:
+                self._parquet = pq.ParquetWriter(path, schema)
+            except OSError as exc:
+                raise UsageError(f"{path}: cannot write: {exc}") from None
+        elif suffix in (".csv", "") or path == "-":
+            if path == "-":
+                self._csv_file = sys.stdout
+            else:
+                try:
+                    self._csv_file = open(path, "w", newline="")  # noqa: SIM115
+                except OSError as exc:
+                    raise UsageError(f"{path}: cannot write: {exc.strerror}") from None
+            self._csv = csv.writer(self._csv_file)
+            self._csv.writerow(self.columns)
+        else:
+            raise UsageError(f"{path}: the file name must end in .csv or .parquet")
+
+    def write(self, records: list[dict[str, object]], features: np.ndarray) -> None:
+        """Append one block: identifying records and the matching feature matrix."""
+        if not records:
+            return
+        self.rows += len(records)
+        if self._parquet is not None:
+            data = {c: [r[c] for r in records] for c in ID_COLUMNS}
+            for j, name in enumerate(self.columns[len(ID_COLUMNS):]):
+                data[name] = features[:, j]
+            self._parquet.write_table(self._pa.table(data, schema=self._schema))
+            return
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        text = np.char.mod("%.10g", features) if features.size else features
+        for record, row in zip(records, text.tolist(), strict=True):
+            writer.writerow([record[c] for c in ID_COLUMNS] + row)
+        assert self._csv_file is not None
+        self._csv_file.write(buffer.getvalue())
+
+    def close(self) -> None:
+        if self._parquet is not None:
+            self._parquet.close()
+        elif self._csv_file is not None and self._csv_file is not sys.stdout:
+            self._csv_file.close()
+        else:
+            sys.stdout.flush()
