@@ -28,9 +28,10 @@ def address_to_pair(text: str) -> tuple[int, int]:
 
 def pair_to_address(hi: int, lo: int) -> str:
     """The text form of an address pair; IPv4-mapped pairs print as plain IPv4."""
+    hi, lo = int(hi), int(lo)
     if hi == _V4_MAPPED_HI and (lo >> 32) == 0xFFFF:
         return str(ipaddress.IPv4Address(lo & 0xFFFFFFFF))
-    return str(ipaddress.IPv6Address((int(hi) << 64) | int(lo)))
+    return str(ipaddress.IPv6Address((hi << 64) | lo))
 
 
 def pairs_to_addresses(hi: np.ndarray, lo: np.ndarray) -> list[str]:

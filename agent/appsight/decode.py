@@ -205,6 +205,13 @@ class Decoder:
                 ppp, _ = frames.u16(idx, cursor[idx])
                 what[idx] = _ppp_to_ethertype(ppp)
                 cursor[idx] += 2
+                # Cisco HDLC frames turn up in PPP captures too: address 0x0F or 0x8F, then
+                # an ethertype (as Wireshark, nDPI and nfstream also read them).
+                first = address >> 8
+                hdlc = (first == 0x0F) | (first == 0x8F)
+                if hdlc.any():
+                    what[idx[hdlc]] = frames.u16(idx[hdlc], zeros[hdlc] + 2)[0]
+                    cursor[idx[hdlc]] = 4
             elif lt == DLT_PPI:  # per-packet information header, then the frame it wraps
                 zeros = np.zeros(len(idx), dtype=np.int64)
                 lo, _ = frames.u8(idx, zeros + 2)
@@ -331,7 +338,13 @@ class Decoder:
         keep = is_ip & ~malformed
         self.stats.malformed += int((malformed & is_ip).sum())
 
-        ported = keep & ((proto == PROTO_TCP) | (proto == PROTO_UDP)) & (frag_state != 2)
+        # Ports only from a whole TCP/UDP header inside the IP datagram (as nDPI): a datagram
+        # too short for one is a port-0 flow, and Ethernet padding is never read as ports.
+        header_len = np.where(proto == PROTO_TCP, 20, 8)
+        ported = (
+            keep & ((proto == PROTO_TCP) | (proto == PROTO_UDP)) & (frag_state != 2)
+            & (l4 + header_len <= cursor + ip_len)
+        )
         pidx = np.flatnonzero(ported)
         if len(pidx):
             sport[pidx], ok_s = frames.u16(pidx, l4[pidx])

@@ -88,10 +88,12 @@ class Series:
         return np.sqrt(self.var())
 
     def _spread(self) -> np.ndarray:
-        """Where the variance is too small to divide by (zero up to rounding)."""
-        m2 = self.var()
-        scale = np.abs(self.mean())
-        return m2 > (np.finfo(np.float64).eps * np.maximum(scale, 1.0)) ** 2 * 16
+        """Groups whose values are not all equal: only these have a skewness and kurtosis.
+
+        Decided on the values themselves, not on the computed variance, which rounding can
+        leave slightly above zero for a long constant series (e.g. 1000 gaps of 0.1 s).
+        """
+        return self.max() > self.min()
 
     def skew(self) -> np.ndarray:
         m2, m3, _ = self._central_moments()
