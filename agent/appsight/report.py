@@ -99,7 +99,7 @@ def write_report(
             proto = int(f.proto[i])
             a = _endpoint(src[i], int(f.sport[i]), proto)
             b = _endpoint(dst[i], int(f.dport[i]), proto)
-            arrow = "<->" if f.packets_bwd[i] else "-> "
+            arrow = "<->" if f.packets_bwd[i] else "-->"
             line = (
                 f"  {_clock(int(f.first_ts[i]))}  {proto_name(proto):<6} {a} {arrow} {b}  "
                 f"out {int(f.packets_fwd[i])} pkts {_size(int(f.bytes_fwd[i]))}  "
