@@ -20,6 +20,7 @@ from .decode import PacketBatch
 from .errors import UsageError
 
 DEFAULT_BURST_GAP = 1.0
+MAX_BURST_GAP = 1e9  # about 30 years; anything longer is the same as none
 
 
 def parse_burst_gap(text: str) -> float | None:
@@ -32,8 +33,11 @@ def parse_burst_gap(text: str) -> float | None:
         raise UsageError(
             f"--burst-gap: {text!r} is neither a number of seconds nor 'none'"
         ) from None
-    if not value > 0 or value == float("inf"):
-        raise UsageError(f"--burst-gap must be a positive number of seconds, not {text}")
+    if not 0 < value <= MAX_BURST_GAP:
+        raise UsageError(
+            f"--burst-gap must be a positive number of seconds up to {MAX_BURST_GAP:g} "
+            f"(or 'none'), not {text}"
+        )
     return value
 
 

@@ -135,7 +135,12 @@ def cmd_flows(args: argparse.Namespace) -> int:
     captures = expand_captures(args.captures)
     out = sys.stdout
     writer = write_json_lines if args.json else write_report
-    return run_captures(captures, options, lambda block: writer(block, out))
+
+    def handle(block: FlowBlock) -> None:
+        writer(block, out)
+        out.flush()  # a burst is reported as soon as it is complete, also into a pipe
+
+    return run_captures(captures, options, handle)
 
 
 def cmd_features(args: argparse.Namespace) -> int:

@@ -17,6 +17,7 @@ import gzip
 import os
 import struct
 import sys
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,7 +78,8 @@ class ReadStats:
 @dataclass
 class _Interface:
     linktype: int
-    ts_unit_ns: float  # nanoseconds per timestamp tick
+    snaplen: int
+    ts_resolution: int = 6  # the if_tsresol option byte: 10^-6 s by default
     ts_offset_s: int = 0
 
 
@@ -95,12 +97,30 @@ def _gather_u32(data: np.ndarray, positions: np.ndarray, width: int, order: str)
     return words.reshape(len(positions), width).astype(np.int64)
 
 
-def _pcapng_ts_unit(resolution: int) -> float:
-    """Nanoseconds per tick for an ``if_tsresol`` option byte."""
+def _ticks_to_ns(ticks: np.ndarray, resolution: int) -> np.ndarray:
+    """pcapng timestamp ticks (uint64) to integer nanoseconds, exactly, for one resolution.
+
+    ``resolution`` is the ``if_tsresol`` byte: 10^-n seconds, or 2^-n with the top bit set.
+    Integer arithmetic throughout, so nanosecond and binary resolutions stay exact and a
+    large 64-bit tick count cannot wrap around.
+    """
+    ticks = ticks.astype(np.uint64)
     exponent = resolution & 0x7F
-    if resolution & 0x80:
-        return 1e9 / float(2**exponent)
-    return 10.0 ** (9 - exponent)
+    if resolution & 0x80:  # binary fractions of a second
+        if exponent > 63:
+            return np.zeros(len(ticks), dtype=np.int64)
+        seconds = ticks >> np.uint64(exponent)
+        fraction = ticks & np.uint64((1 << exponent) - 1)
+        if exponent <= 34:
+            nanos = (fraction * np.uint64(1_000_000_000)) >> np.uint64(exponent)
+        else:  # finer than a nanosecond: the float error is below one nanosecond
+            nanos = np.floor(fraction.astype(np.float64) * (1e9 / 2.0**exponent)).astype(np.uint64)
+        return (seconds * np.uint64(1_000_000_000) + nanos).astype(np.int64)
+    if exponent <= 9:
+        return (ticks * np.uint64(10 ** (9 - exponent))).astype(np.int64)
+    if exponent >= 29:
+        return np.zeros(len(ticks), dtype=np.int64)
+    return (ticks // np.uint64(10 ** (exponent - 9))).astype(np.int64)
 
 
 class CaptureReader:
@@ -112,6 +132,7 @@ class CaptureReader:
         self.chunk_bytes = chunk_bytes
         self.stats = ReadStats()
         self._raw: BinaryIO | None = None
+        self._last_ts = 0  # newest pcapng timestamp, for simple packet blocks (which have none)
         self._stream: BinaryIO = self._open()
         self.size: int | None = None
         if self._raw is not None:
@@ -159,7 +180,7 @@ class CaptureReader:
             if self.source == "-":  # a live stream: take what has arrived, do not wait for more
                 return self._stream.read1(size)  # type: ignore[attr-defined]
             return self._stream.read(size)
-        except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        except (OSError, EOFError, zlib.error) as exc:
             self.stats.problems.append(f"read error: {exc}")
             return b""
 
@@ -178,6 +199,8 @@ class CaptureReader:
     def __iter__(self) -> Iterator[RecordBatch]:
         head = self._read_exactly(4)
         if len(head) < 4:
+            if self.stats.problems:
+                raise CaptureFormatError(f"{self.source}: {self.stats.problems[-1]}")
             what = "empty" if not head else "too short"
             raise CaptureFormatError(f"{self.source}: {what}, not a pcap or pcapng capture")
         if head in PCAP_MAGICS:
@@ -252,6 +275,8 @@ class CaptureReader:
             data = self._read(self.chunk_bytes)
             buf = pending + data if pending else data
             if not data:
+                if section is None:
+                    raise CaptureFormatError(f"{self.source}: pcapng section header is truncated")
                 if buf:
                     self._truncated(len(buf))
                 return
@@ -312,13 +337,16 @@ class CaptureReader:
                     if batch is not None:
                         yield batch
             if corrupt:
+                if section is None:
+                    raise CaptureFormatError(f"{self.source}: not a valid pcapng file ({corrupt})")
                 self._corrupt(corrupt)
                 return
             pending = buf[pos:]
 
     def _parse_idb(self, buf: bytes, pos: int, blen: int, order: str) -> _Interface:
         linktype = struct.unpack_from(order + "H", buf, pos + 8)[0]
-        unit = 1_000.0  # default resolution: microseconds
+        snaplen = struct.unpack_from(order + "I", buf, pos + 12)[0]
+        resolution = 6  # default: microseconds
         offset_s = 0
         opt, stop = pos + 16, pos + blen - 4
         while opt + 4 <= stop:
@@ -327,11 +355,11 @@ class CaptureReader:
                 break
             value = buf[opt + 4 : opt + 4 + length]
             if code == 9 and length >= 1:
-                unit = _pcapng_ts_unit(value[0])
+                resolution = value[0]
             elif code == 14 and length == 8:
                 offset_s = struct.unpack(order + "q", value)[0]
             opt += 4 + length + (-length % 4)
-        return _Interface(linktype, unit, offset_s)
+        return _Interface(linktype, snaplen, resolution, offset_s)
 
     def _pcapng_batch(
         self, buf: bytes, coded: list[int], section: _Section
@@ -351,7 +379,7 @@ class CaptureReader:
             iface = np.where(kind == 1, iface & 0xFFFF, iface)
         else:
             iface = np.where(kind == 1, iface >> 16, iface)
-        ts_raw = (words[:, 3] << 32) | words[:, 4]
+        ts_raw = (words[:, 3].astype(np.uint64) << np.uint64(32)) | words[:, 4].astype(np.uint64)
         caplen = words[:, 5]
         wirelen = words[:, 6]
         offset = pos + 28
@@ -361,7 +389,9 @@ class CaptureReader:
             spb_blen, spb_wire = spb_words[:, 1], spb_words[:, 2]
             blen[spb] = spb_blen
             wirelen[spb] = spb_wire
-            caplen[spb] = np.minimum(spb_wire, spb_blen - 16)
+            snaplens = np.array([i.snaplen or MAX_BLOCK for i in section.interfaces[:1]])
+            snaplen = int(snaplens[0]) if len(snaplens) else MAX_BLOCK
+            caplen[spb] = np.minimum(np.minimum(spb_wire, spb_blen - 16), snaplen)
             iface[spb] = 0
             offset[spb] = pos[spb] + 12
         header = np.where(is_spb, 16, 32)
@@ -377,17 +407,16 @@ class CaptureReader:
             caplen, wirelen = caplen[keep], wirelen[keep]
             offset, is_spb = offset[keep], is_spb[keep]
         linktypes = np.array([i.linktype for i in section.interfaces], dtype=np.int32)
-        units = np.array([i.ts_unit_ns for i in section.interfaces], dtype=np.float64)
-        offsets_s = np.array([i.ts_offset_s for i in section.interfaces], dtype=np.int64)
         ts_ns = np.empty(len(pos), dtype=np.int64)
-        exact = units[iface] == np.round(units[iface])
-        ts_ns[exact] = ts_raw[exact] * units[iface[exact]].astype(np.int64)
-        inexact = ~exact
-        if inexact.any():  # sub-nanosecond or binary resolutions
-            ts_ns[inexact] = np.floor(ts_raw[inexact] * units[iface[inexact]]).astype(np.int64)
-        ts_ns += offsets_s[iface] * 1_000_000_000
+        for number in np.unique(iface).tolist():
+            here = iface == number
+            interface = section.interfaces[number]
+            ts_ns[here] = _ticks_to_ns(ts_raw[here], interface.ts_resolution)
+            ts_ns[here] += interface.ts_offset_s * 1_000_000_000
         if is_spb.any():  # simple packet blocks carry no time: reuse the one before
-            ts_ns = _fill_forward(ts_ns, is_spb)
+            ts_ns = _fill_forward(ts_ns, is_spb, self._last_ts)
+        if len(ts_ns):
+            self._last_ts = int(ts_ns[-1])
         self.stats.records += len(pos)
         return RecordBatch(data, offset, caplen, wirelen, ts_ns, linktypes[iface])
 
@@ -399,11 +428,11 @@ class CaptureReader:
         self.stats.problems.append(f"corrupt capture: {what}; the rest was skipped")
 
 
-def _fill_forward(values: np.ndarray, missing: np.ndarray) -> np.ndarray:
-    """Replace each missing value by the last present one before it (0 at the start)."""
+def _fill_forward(values: np.ndarray, missing: np.ndarray, before: int) -> np.ndarray:
+    """Replace each missing value by the last present one before it (``before`` at the start)."""
     present = np.where(~missing, np.arange(len(values)), -1)
     last = np.maximum.accumulate(present)
-    out = np.where(last >= 0, values[np.maximum(last, 0)], 0)
+    out = np.where(last >= 0, values[np.maximum(last, 0)], before)
     return out.astype(np.int64)
 
 
