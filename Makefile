@@ -21,11 +21,11 @@ demo: install
 	@echo "feature table: results/sample-features.csv"
 
 test: install
-	$(BIN)/ruff check agent tests benchmarks
+	$(BIN)/ruff check .
 	$(BIN)/pytest
 
 lint: install
-	$(BIN)/ruff check agent tests benchmarks
+	$(BIN)/ruff check .
 
 bench: install
 	$(BIN)/pip install --quiet -e '.[test,bench]'

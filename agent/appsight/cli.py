@@ -18,12 +18,13 @@ from .addresses import NetworkMatcher
 from .bursts import DEFAULT_BURST_GAP, parse_burst_gap
 from .errors import AppsightError, UsageError
 from .features import DEFAULT_FEATURE_SET, FEATURE_SETS, get_feature_set
+from .inputs import expand_captures
+from .labels import LABEL_COLUMNS, LabelTable, rows_from_ndpi
+from .model import load_model
 from .pipeline import CaptureSummary, FlowBlock, PipelineOptions, iter_flow_blocks
 from .progress import Progress
 from .report import flow_records, write_json_lines, write_report
 from .tables import FeatureTableWriter
-
-CAPTURE_SUFFIXES = (".pcap", ".pcapng", ".cap", ".pcap.gz", ".pcapng.gz", ".cap.gz")
 
 EPILOG_FLOWS = """\
 examples:
@@ -69,31 +70,6 @@ def _options(args: argparse.Namespace) -> PipelineOptions:
         device=NetworkMatcher.parse(args.device) if args.device else None,
         decapsulate=not args.no_decap,
     )
-
-
-def expand_captures(inputs: list[str]) -> list[str]:
-    """Files as given, folders replaced by the captures below them (sorted), ``-`` kept."""
-    if not inputs:
-        raise UsageError("no capture given (a file, a folder, or - for standard input)")
-    found: list[str] = []
-    for item in inputs:
-        if item == "-":
-            found.append(item)
-            continue
-        path = Path(item)
-        if path.is_dir():
-            below = sorted(
-                str(p) for p in path.rglob("*")
-                if p.is_file() and p.name.lower().endswith(CAPTURE_SUFFIXES)
-            )
-            if not below:
-                raise UsageError(f"{item}: folder holds no .pcap/.pcapng/.cap files")
-            found.extend(below)
-        elif path.exists():
-            found.append(item)
-        else:
-            raise UsageError(f"{item}: no such file or folder")
-    return found
 
 
 def run_captures(
@@ -178,7 +154,118 @@ def cmd_features(args: argparse.Namespace) -> int:
     return status
 
 
+def cmd_labels_from_ndpi(args: argparse.Namespace) -> int:
+    import csv
+
+    paths = []
+    for item in args.listings:
+        path = Path(item)
+        if path.is_dir():
+            paths.extend(sorted(path.rglob("*.out")))
+        elif path.exists():
+            paths.append(path)
+        else:
+            raise UsageError(f"{item}: no such file or folder")
+    if not paths:
+        raise UsageError("no ndpiReader .out listings found")
+    out = sys.stdout if args.output in (None, "-") else _open_output(args.output)
+    writer = csv.writer(out)
+    writer.writerow(LABEL_COLUMNS)
+    rows = 0
+    for row in rows_from_ndpi(paths, label=args.label, guesses=args.guesses):
+        writer.writerow(row)
+        rows += 1
+    if out is not sys.stdout:
+        out.close()
+    print(f"appsight: {rows} labelled flows from {len(paths)} listings", file=sys.stderr)
+    return 0
+
+
+def _open_output(path: str):
+    try:
+        return open(path, "w", newline="", encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot write: {exc.strerror}") from None
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .training import FlowFilter, build_dataset, labelled_sources, train_model
+
+    feature_set = get_feature_set(args.features)
+    options = _options(args)
+    labels = LabelTable.read_csv(args.labels) if args.labels else None
+    sources = labelled_sources(args.captures, labels)
+    flow_filter = FlowFilter(drop_background=args.drop_background, min_packets=args.min_packets)
+    progress = Progress(len(sources))
+    print(f"appsight: reading {len(sources)} captures ({feature_set.tag} features)",
+          file=sys.stderr)
+
+    def summary(s: CaptureSummary) -> None:
+        progress.capture_done(s.packets, s.flows)
+        warning = s.warning()
+        if warning:
+            progress.clear()
+            print(f"appsight: warning: {warning}", file=sys.stderr)
+
+    try:
+        dataset = build_dataset(sources, labels, feature_set, options, flow_filter, summary)
+    finally:
+        progress.clear()
+    counts = dataset.class_counts()
+    print(f"appsight: {len(dataset)} labelled flows in {len(counts)} apps "
+          f"({dataset.unlabelled} unlabelled, {dataset.dropped} filtered out); training "
+          f"{args.trees} trees", file=sys.stderr)
+    model = train_model(
+        dataset, options, trees=args.trees, max_leaves=args.max_leaves or None,
+        class_weight=None if args.class_weight == "none" else args.class_weight,
+        threshold=args.threshold, seed=args.seed,
+    )
+    size = model.save(args.output)
+    training = model.metadata["training"]
+    width = max(len(c) for c in counts)
+    for app, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
+        print(f"  {app:<{width}}  {n:>7} flows")
+    print(
+        f"appsight: trained in {training['training_seconds']:.1f} s on {len(dataset)} flows, "
+        f"{len(feature_set.columns)} features; threshold {model.threshold:.2f} "
+        f"({training['threshold_chosen_by']}); model {args.output} ({size / 1e6:.1f} MB)"
+    )
+    return 0
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    model = load_model(args.model)
+    gap = model.burst_gap if args.burst_gap is None else parse_burst_gap(args.burst_gap)
+    options = PipelineOptions(
+        burst_gap=gap,
+        device=NetworkMatcher.parse(args.device) if args.device else None,
+        decapsulate=not args.no_decap and model.metadata.get("decapsulate", True),
+    )
+    threshold = model.threshold if args.threshold is None else args.threshold
+    captures = expand_captures(args.captures)
+    out = sys.stdout
+    writer = write_json_lines if args.json else write_report
+
+    def handle(block: FlowBlock) -> None:
+        apps, confidence = model.predict(model.feature_set(block.flows), threshold)
+        extra = {"app": apps, "confidence": [round(float(c), 4) for c in confidence]}
+        writer(block, out, extra)
+        out.flush()
+
+    return run_captures(captures, options, handle)
+
+
 # ------------------------------------------------------------------- parser
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not between 0 and 1")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="appsight",
@@ -219,6 +306,83 @@ def build_parser() -> argparse.ArgumentParser:
     )
     features.add_argument("--list", action="store_true", help="list the feature sets and exit")
     features.set_defaults(run=cmd_features)
+
+    labels = sub.add_parser(
+        "labels", help="make flow labels files",
+        description="Make labels files (CSV: capture,proto,src,sport,dst,dport,label) for "
+        "'appsight train --labels'.",
+    )
+    labels_sub = labels.add_subparsers(dest="labels_command", metavar="SOURCE", required=True)
+    from_ndpi = labels_sub.add_parser(
+        "from-ndpi", help="labels from ndpiReader listings (.out files)",
+        description="Turn ndpiReader flow listings (the .out files of nDPI's test suite, "
+        "named CAPTURE.out) into a labels file. Flows nDPI did not identify are left out, "
+        "and so are its guesses by port or IP address unless --guesses is given.",
+        epilog="example:\n  appsight labels from-ndpi ../shared/data/ndpi/ -o ndpi-labels.csv",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    from_ndpi.add_argument("listings", nargs="+", metavar="LISTING",
+                           help=".out files or folders of them")
+    from_ndpi.add_argument("-o", "--output", metavar="FILE", help="CSV file (default: stdout)")
+    from_ndpi.add_argument(
+        "--label", choices=("app", "master"), default="app",
+        help="app: the application (YouTube of TLS.YouTube; default); master: the protocol (TLS)",
+    )
+    from_ndpi.add_argument("--guesses", action="store_true",
+                           help="also keep flows nDPI matched only by port or IP address")
+    from_ndpi.set_defaults(run=cmd_labels_from_ndpi)
+
+    train = sub.add_parser(
+        "train", help="train a model from labelled captures",
+        description="Train a random forest (AppScanner's settings: 150 trees, gini, sqrt "
+        "features) on labelled flows and save it as a verified, pickle-free model file. "
+        "Labels come from folders (DIR/<app>/*.pcap: every flow gets the folder's name) or "
+        "from a labels file (--labels).",
+        epilog="examples:\n  appsight train captures/ -o model.skops --drop-background\n"
+        "  appsight train --labels labels.csv ../shared/data/ndpi/ -o ndpi.skops",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_pipeline_options(train)
+    train.add_argument("-o", "--output", required=True, metavar="MODEL",
+                       help="where to write the model")
+    train.add_argument("--labels", metavar="CSV", help="labels file (see 'appsight labels')")
+    train.add_argument("--features", default=DEFAULT_FEATURE_SET, metavar="SET",
+                       help=f"feature set: {', '.join(FEATURE_SETS)} "
+                       f"(default {DEFAULT_FEATURE_SET})")
+    train.add_argument("--drop-background", action="store_true",
+                       help="leave out DNS, DHCP, NTP, NetBIOS, SSDP, mDNS and LLMNR flows")
+    train.add_argument("--min-packets", type=int, default=1, metavar="N",
+                       help="leave out flows with fewer packets (default 1)")
+    train.add_argument("--trees", type=int, default=150, metavar="N",
+                       help="trees in the forest (default 150)")
+    train.add_argument("--max-leaves", type=int, default=2048, metavar="N",
+                       help="leaves per tree at most, bounds the model size (default 2048; "
+                       "0: unbounded)")
+    train.add_argument("--class-weight", choices=("none", "balanced", "balanced_subsample"),
+                       default="none", help="weigh rare apps up (default none)")
+    train.add_argument("--threshold", type=_probability, metavar="P",
+                       help="confidence below which a flow is 'unknown' (default: chosen "
+                       "from out-of-bag predictions and stored in the model)")
+    train.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    train.set_defaults(run=cmd_train)
+
+    classify = sub.add_parser(
+        "classify", help="name the app of every flow of captures",
+        description="The per-burst report with the predicted app (or 'unknown' below the "
+        "model's confidence threshold) and the confidence of each flow. The burst gap is the "
+        "model's unless given.",
+        epilog="examples:\n  appsight classify -m model.skops phone.pcap\n"
+        "  appsight classify -m model.skops --json phone.pcap | jq .app",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_pipeline_options(classify)
+    classify.set_defaults(burst_gap=None)
+    classify.add_argument("-m", "--model", required=True, metavar="MODEL", help="model file")
+    classify.add_argument("--json", action="store_true",
+                          help="JSON Lines: the objects of 'flows --json' plus app, confidence")
+    classify.add_argument("--threshold", type=_probability, metavar="P",
+                          help="override the model's confidence threshold")
+    classify.set_defaults(run=cmd_classify)
     return parser
 
 

@@ -14,6 +14,7 @@ Flows listed after ``Undetected flows:`` are unknown to nDPI.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -109,3 +110,45 @@ def read_ndpi_out(path: str | Path) -> list[NdpiFlow]:
     except OSError as exc:
         raise AppsightError(f"{path}: cannot read: {exc.strerror}") from None
     return list(parse_ndpi_out(text))
+
+
+def _ndpi_style(address: str) -> str:
+    """How ndpiReader prints an IPv6 address: as usual, but a lone zero group is left empty."""
+    return ":".join("" if group == "0" else group for group in address.split(":"))
+
+
+def canonical_address(text: str) -> str:
+    """The standard text form of an address as ndpiReader prints it.
+
+    ndpiReader writes a single zero group of an IPv6 address as an empty group, so
+    ``2a03:2880:f030:13:face:b00c:0:3`` appears as ``...b00c::3`` and an address can even show
+    two ``::`` (``2600:1901::7a0b::``). Each ``::`` is tried as the one real compression, the
+    others as zero groups, last one first (ndpiReader's output, checked against the packets of
+    its test captures, puts the real compression last), and the first reading that ndpiReader
+    would print back as ``text`` wins.
+    """
+    try:
+        return str(ipaddress.ip_address(text)) if text.count("::") <= 1 else _guess_v6(text)
+    except ValueError:
+        return _guess_v6(text)
+
+
+def _guess_v6(text: str) -> str:
+    def zeros(part: str) -> str:
+        return ":".join(group or "0" for group in part.split(":")) if part else ""
+
+    candidates = []
+    start = 0
+    while (at := text.find("::", start)) >= 0:
+        candidates.append(zeros(text[:at]) + "::" + zeros(text[at + 2 :]))
+        start = at + 1
+    candidates.reverse()
+    candidates.append(zeros(text))
+    for candidate in candidates:
+        try:
+            address = ipaddress.IPv6Address(candidate)
+        except ValueError:
+            continue
+        if _ndpi_style(address.compressed) == text or address.compressed == text:
+            return address.compressed
+    raise AppsightError(f"cannot read the address {text!r} of an nDPI listing")

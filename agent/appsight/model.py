@@ -1,0 +1,217 @@
+"""The model file: a random forest plus everything needed to use it right, never pickle.
+
+The agent runs as root on a gateway, so loading a model must not run code. A model file is
+
+    APPSIGHT-MODEL\\n
+    <one line of JSON: format, metadata, size and SHA-256 of the payload>\\n
+    <payload: the forest saved by skops.io>
+
+On load the header is parsed (bounded in size), the payload's length and SHA-256 are checked
+(truncation or any change of a byte is refused), its types are checked against an explicit
+list of trusted scikit-learn and numpy types before skops builds anything, and the metadata
+must name a feature set this version knows. Every failure is an :class:`AppsightError`: one
+line, exit status 2. skops stores plain arrays, so a model trained on one 64-bit machine loads
+on any other with a compatible scikit-learn.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .errors import AppsightError
+from .features import FEATURE_SETS, FeatureSet
+
+MAGIC = b"APPSIGHT-MODEL\n"
+FORMAT_VERSION = 1
+MAX_HEADER = 1 << 20
+UNKNOWN = "unknown"
+
+#: Types a forest file may contain beyond those skops trusts by default (plain containers,
+#: numpy arrays, scikit-learn estimators). Anything else in a payload is refused before skops
+#: builds anything.
+TRUSTED_TYPES = ("sklearn.tree._tree.Tree",)
+
+
+class ModelError(AppsightError):
+    """A model file that cannot be used: missing, damaged, tampered with or incompatible."""
+
+
+@dataclass
+class AppModel:
+    """A trained forest with the settings it was trained with."""
+
+    forest: Any
+    feature_set: FeatureSet
+    threshold: float
+    burst_gap: float | None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def classes(self) -> list[str]:
+        return [str(c) for c in self.forest.classes_]
+
+    def predict(self, features: np.ndarray, threshold: float | None = None,
+                batch: int = 256) -> tuple[list[str], np.ndarray]:
+        """(app or ``unknown``, confidence) per row; single-threaded, in small batches."""
+        cut = self.threshold if threshold is None else threshold
+        if len(features) == 0:
+            return [], np.zeros(0)
+        self.forest.n_jobs = 1  # joblib's start-up costs more than it saves on small batches
+        probabilities = np.vstack([
+            self.forest.predict_proba(features[i : i + batch])
+            for i in range(0, len(features), batch)
+        ])
+        best = probabilities.argmax(axis=1)
+        confidence = probabilities[np.arange(len(best)), best]
+        classes = self.forest.classes_
+        apps = [str(classes[b]) if c >= cut else UNKNOWN
+                for b, c in zip(best.tolist(), confidence.tolist(), strict=True)]
+        return apps, confidence
+
+    # ----------------------------------------------------------------- saving
+    def save(self, path: str | Path) -> int:
+        """Write the model file; returns its size in bytes."""
+        import skops.io as sio
+
+        payload = sio.dumps(self.forest, compression=zipfile.ZIP_DEFLATED, compresslevel=6)
+        header = {
+            "format": FORMAT_VERSION,
+            "payload_bytes": len(payload),
+            "payload_sha256": hashlib.sha256(payload).hexdigest(),
+            "feature_set": self.feature_set.name,
+            "feature_set_version": self.feature_set.version,
+            "feature_columns": list(self.feature_set.columns),
+            "classes": self.classes,
+            "threshold": self.threshold,
+            "burst_gap": self.burst_gap,
+            "versions": library_versions(),
+            **{k: v for k, v in self.metadata.items() if k not in ("versions",)},
+        }
+        data = MAGIC + json.dumps(header, sort_keys=True).encode() + b"\n" + payload
+        tmp = Path(f"{path}.tmp")
+        try:
+            tmp.write_bytes(data)
+            tmp.replace(path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise ModelError(f"{path}: cannot write the model: {exc.strerror}") from None
+        return len(data)
+
+
+def library_versions() -> dict[str, str]:
+    import sklearn
+    import skops
+
+    return {
+        "appsight": __version__,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "scikit-learn": sklearn.__version__,
+        "skops": skops.__version__,
+        "machine": platform.machine(),
+    }
+
+
+def read_header(path: str | Path) -> tuple[dict[str, Any], bytes]:
+    """The checked header and payload of a model file (no skops involved yet)."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise ModelError(f"{path}: no such model file") from None
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot read the model: {exc.strerror}") from None
+    if not data.startswith(MAGIC):
+        raise ModelError(f"{path}: not an appsight model file")
+    end = data.find(b"\n", len(MAGIC), len(MAGIC) + MAX_HEADER)
+    if end < 0:
+        raise ModelError(f"{path}: damaged model file (no header)")
+    try:
+        header = json.loads(data[len(MAGIC) : end])
+        if not isinstance(header, dict):
+            raise ValueError("header is not an object")
+        size, digest = int(header["payload_bytes"]), str(header["payload_sha256"])
+        fmt = int(header["format"])
+    except (ValueError, KeyError, TypeError):
+        raise ModelError(f"{path}: damaged model file (bad header)") from None
+    if fmt > FORMAT_VERSION:
+        raise ModelError(
+            f"{path}: model format {fmt} is newer than this appsight ({__version__}) reads; "
+            "upgrade appsight"
+        )
+    payload = data[end + 1 :]
+    if len(payload) != size:
+        raise ModelError(
+            f"{path}: damaged model file (truncated: {len(payload)} of {size} payload bytes)"
+        )
+    if hashlib.sha256(payload).hexdigest() != digest:
+        raise ModelError(f"{path}: model file was modified (SHA-256 mismatch); refusing it")
+    return header, payload
+
+
+def load_model(path: str | Path, expect_sha256: str | None = None) -> AppModel:
+    """Load and verify a model file; ``expect_sha256`` pins the whole file's hash."""
+    import skops.io as sio
+
+    if expect_sha256 is not None:
+        actual = file_sha256(path)
+        if actual != expect_sha256.lower():
+            raise ModelError(f"{path}: SHA-256 is {actual}, not the expected {expect_sha256}")
+    header, payload = read_header(path)
+    name, version = header.get("feature_set"), header.get("feature_set_version")
+    feature_set = FEATURE_SETS.get(str(name))
+    if feature_set is None or feature_set.version != version:
+        raise ModelError(
+            f"{path}: trained on feature set {name}/v{version}, which this appsight does not "
+            "compute; retrain the model"
+        )
+    if list(header.get("feature_columns", [])) != list(feature_set.columns):
+        raise ModelError(f"{path}: feature columns differ from {feature_set.tag}; retrain")
+    try:
+        untrusted = sio.get_untrusted_types(data=payload)
+    except Exception as exc:  # skops raises many types on a malformed archive
+        raise ModelError(f"{path}: damaged model payload ({type(exc).__name__})") from None
+    refused = sorted(set(untrusted) - set(TRUSTED_TYPES))
+    if refused:
+        raise ModelError(f"{path}: model holds types that are not trusted: {', '.join(refused)}")
+    try:
+        forest = sio.loads(payload, trusted=list(untrusted))
+    except Exception as exc:  # an incompatible scikit-learn shows up here
+        trained = header.get("versions", {}).get("scikit-learn", "?")
+        raise ModelError(
+            f"{path}: cannot load the forest ({type(exc).__name__}: {exc}); it was trained "
+            f"with scikit-learn {trained}"
+        ) from None
+    from sklearn.ensemble import RandomForestClassifier
+
+    if not isinstance(forest, RandomForestClassifier) or [
+        str(c) for c in forest.classes_
+    ] != list(header.get("classes", [])):
+        raise ModelError(f"{path}: model payload does not match its header")
+    if getattr(forest, "n_features_in_", None) != len(feature_set.columns):
+        raise ModelError(f"{path}: forest expects {forest.n_features_in_} features")
+    meta = {k: v for k, v in header.items()
+            if k not in ("payload_bytes", "payload_sha256", "format")}
+    return AppModel(
+        forest=forest,
+        feature_set=feature_set,
+        threshold=float(header.get("threshold", 0.5)),
+        burst_gap=header.get("burst_gap"),
+        metadata=meta,
+    )
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
