@@ -255,6 +255,186 @@ def cmd_classify(args: argparse.Namespace) -> int:
     return run_captures(captures, options, handle)
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Grouped cross-validation by capture, or separate test inputs; tables, JSON, plots."""
+    import json
+    import time
+
+    import numpy as np
+
+    from .evaluation import (
+        classes_with_enough_data,
+        cross_validate,
+        format_report,
+        group_folds,
+        groups_from_files,
+        subset,
+        summarise,
+        train_test,
+    )
+    from .plots import Curve, confusion_png, coverage_png
+    from .training import FlowFilter, build_dataset, labelled_sources
+
+    for name, value, least in (("--folds", args.folds, 2), ("--trees", args.trees, 1),
+                               ("--min-class-flows", args.min_class_flows, 1),
+                               ("--min-class-captures", args.min_class_captures, 1)):
+        if value < least:
+            raise UsageError(f"{name} must be at least {least}, not {value}")
+    if args.test_labels and not args.test:
+        raise UsageError("--test-labels labels the --test inputs; give --test too")
+    if "-" in args.captures or "-" in (args.test or []):
+        raise UsageError("evaluate reads capture files, not standard input")
+    feature_set = get_feature_set(args.features)
+    options = _options(args)
+    labels = LabelTable.read_csv(args.labels) if args.labels else None
+    sources = [(str(Path(p)), app) for p, app in labelled_sources(args.captures, labels)]
+    test_labels = LabelTable.read_csv(args.test_labels) if args.test_labels else labels
+    test_sources = ([(str(Path(p)), app) for p, app in labelled_sources(args.test, test_labels)]
+                    if args.test else [])
+    train_paths = {Path(p).resolve(): p for p, _ in sources}
+    for path, _ in test_sources:
+        if Path(path).resolve() in train_paths:
+            raise UsageError(f"{path} is both a training and a test input")
+    group_of = groups_from_files([p for p, _ in sources + test_sources], args.groups_file or [])
+    if test_sources:
+        train_groups = {group_of[p]: p for p, _ in sources}
+        for path, _ in test_sources:
+            if group_of[path] in train_groups:
+                raise UsageError(
+                    f"test capture {path} shares packets with training capture "
+                    f"{train_groups[group_of[path]]} (per --groups-file); move one of them"
+                )
+
+    flow_filter = FlowFilter(drop_background=args.drop_background, min_packets=args.min_packets)
+    progress = Progress(len(sources) + len(test_sources))
+
+    def summary(s: CaptureSummary) -> None:
+        progress.capture_done(s.packets, s.flows)
+        warning = s.warning()
+        if warning:
+            progress.clear()
+            print(f"appsight: warning: {warning}", file=sys.stderr)
+
+    print(f"appsight: reading {len(sources) + len(test_sources)} captures "
+          f"({feature_set.tag} features)", file=sys.stderr)
+    try:
+        train = build_dataset(sources, labels, feature_set, options, flow_filter, summary)
+        test = (build_dataset(test_sources, test_labels, feature_set, options, flow_filter,
+                              summary) if test_sources else None)
+    finally:
+        progress.clear()
+    if len(train) == 0:
+        raise UsageError("no labelled flows to evaluate on (do the labels name these captures?)")
+    if test is not None and len(test) == 0:
+        raise UsageError("no labelled flows in the --test inputs")
+
+    train_groups_array = np.array([group_of[c] for c in train.captures.tolist()], dtype=object)
+    kept = classes_with_enough_data(train.labels, train_groups_array, args.min_class_flows,
+                                    args.min_class_captures)
+    restricted = args.min_class_flows > 1 or args.min_class_captures > 1
+    if restricted:
+        mask = np.isin(train.labels.astype(str), kept)
+        left_out = sorted(set(train.labels.tolist()) - set(kept))
+        print(f"appsight: {len(left_out)} apps with fewer than {args.min_class_flows} flows or "
+              f"{args.min_class_captures} independent captures left out "
+              f"({int((~mask).sum())} flows)", file=sys.stderr)
+        train, train_groups_array = subset(train, mask), train_groups_array[mask]
+        if test is not None:
+            test = subset(test, np.isin(test.labels.astype(str), kept))
+            if len(test) == 0:
+                raise UsageError("no test flows of the apps kept for training")
+    apps = sorted(set(train.labels.tolist()))
+    if len(apps) < 2:
+        raise UsageError(f"need at least two apps to tell apart, found {apps}")
+    max_leaves = args.max_leaves or None
+
+    def fold_done(fold) -> None:  # type: ignore[no-untyped-def]
+        print(f"appsight: fold {fold.index}: trained on {fold.train_flows} flows in "
+              f"{fold.fit_seconds:.1f} s, threshold {fold.threshold:.2f}, tested on "
+              f"{fold.test_flows} flows of {len(fold.test_captures)} captures",
+              file=sys.stderr)
+
+    if test is None:
+        mode = f"grouped {args.folds}-fold cross-validation by capture"
+        n_groups = len(set(train_groups_array.tolist()))
+        print(f"appsight: {len(train)} flows of {len(apps)} apps from "
+              f"{len(set(train.captures.tolist()))} captures in {n_groups} independent groups; "
+              f"{mode}, {args.trees} trees", file=sys.stderr)
+        fold_of = group_folds(train.labels, train_groups_array, args.folds, args.seed)
+        predictions = cross_validate(train, fold_of, train_groups_array, args.trees,
+                                     max_leaves, args.seed, args.threshold, fold_done)
+    else:
+        mode = "training inputs against separate test inputs"
+        print(f"appsight: training on {len(train)} flows of {len(apps)} apps, testing on "
+              f"{len(test)} flows; {args.trees} trees", file=sys.stderr)
+        predictions = train_test(train, test, args.trees, max_leaves, args.seed, args.threshold)
+        fold_done(predictions.folds[0])
+        unseen = predictions.folds[0].unseen_apps
+        if unseen:
+            print(f"appsight: warning: test apps absent from training (always wrong): "
+                  f"{', '.join(unseen)}", file=sys.stderr)
+
+    result = summarise(predictions)
+    out_dir = Path(args.output or Path("results") / f"evaluate-{time.strftime('%Y%m%d-%H%M%S')}")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"{out_dir}: cannot create the results folder: {exc.strerror}") from None
+    title = f"{feature_set.tag}, {len(predictions.truth)} flows, {result['apps']} apps"
+    confusion_png(out_dir / "confusion.png", result["confusion"],
+                  f"Confusion matrix ({title}; row-normalised %)")
+    chosen = (result["chosen"]["classified"], result["chosen"]["accuracy"])
+    coverage_png(out_dir / "coverage.png",
+                 [Curve(feature_set.tag, **result["curve"], chosen=chosen)],
+                 f"Accuracy versus coverage ({title})")
+    document = {
+        "command": "evaluate",
+        "mode": mode,
+        "settings": {
+            "inputs": args.captures, "test": args.test, "labels": args.labels,
+            "test_labels": args.test_labels, "groups_file": args.groups_file,
+            "features": feature_set.tag, "folds": None if test is not None else args.folds,
+            "trees": args.trees, "max_leaves": max_leaves, "seed": args.seed,
+            "threshold": args.threshold if args.threshold is not None
+            else "chosen from out-of-bag predictions of each training side",
+            "burst_gap": options.burst_gap, "drop_background": args.drop_background,
+            "min_packets": args.min_packets, "min_class_flows": args.min_class_flows,
+            "min_class_captures": args.min_class_captures,
+        },
+        "unlabelled_flows": train.unlabelled + (test.unlabelled if test is not None else 0),
+        "filtered_flows": train.dropped + (test.dropped if test is not None else 0),
+        **result,
+        "output_dir": str(out_dir),
+        "files": {"confusion": str(out_dir / "confusion.png"),
+                  "coverage": str(out_dir / "coverage.png")},
+    }
+    text = json.dumps(_json_safe(document), indent=1)
+    try:
+        (out_dir / "results.json").write_text(text + "\n", encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"{out_dir}: cannot write results.json: {exc.strerror}") from None
+    if args.json:
+        print(json.dumps(_json_safe(document)))
+        print(f"appsight: results in {out_dir}", file=sys.stderr)
+    else:
+        print(f"{mode}: {len(predictions.truth)} flows, {result['apps']} apps, "
+              f"{feature_set.tag}, {args.trees} trees\n")
+        print(format_report(result))
+        print(f"\nresults: {out_dir}  (results.json, confusion.png, coverage.png)")
+    return 0
+
+
+def _json_safe(value: object) -> object:
+    """NaN (an undefined measure, e.g. accuracy with nothing classified) becomes null."""
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
+
+
 # ------------------------------------------------------------------- parser
 def _probability(text: str) -> float:
     try:
@@ -383,6 +563,65 @@ def build_parser() -> argparse.ArgumentParser:
     classify.add_argument("--threshold", type=_probability, metavar="P",
                           help="override the model's confidence threshold")
     classify.set_defaults(run=cmd_classify)
+
+    evaluate = sub.add_parser(
+        "evaluate", help="measure accuracy on captures the model has not seen",
+        description="Measure how well the forest of 'train' names apps in captures it has not "
+        "seen: grouped cross-validation by capture (the flows of a capture, and captures that "
+        "share packets per --groups-file, never sit on both sides), or training inputs "
+        "against separate --test inputs. The confidence threshold is chosen as 'train' "
+        "chooses it, from out-of-bag predictions of the training side only. Prints the "
+        "per-app table (% correct, % unknown), AppScanner's reject-option table "
+        "(thresholds 0.5 / 0.7 / 0.9) and macro-F1; writes results.json, confusion.png and "
+        "coverage.png to the results folder. Give --test after the training inputs.",
+        epilog="examples:\n"
+        "  appsight labels from-ndpi ../shared/data/ndpi/ -o ndpi-labels.csv\n"
+        "  appsight evaluate --labels ndpi-labels.csv ../shared/data/ndpi/ \\\n"
+        "      --groups-file ../shared/data/pcap_overlaps.tsv --min-class-flows 10 "
+        "--min-class-captures 2\n"
+        "  appsight evaluate captures/ --test new-captures/ -o results/new",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_pipeline_options(evaluate)
+    evaluate.add_argument("--labels", metavar="CSV",
+                          help="labels file (default: folders DIR/<app>/*.pcap name the app)")
+    evaluate.add_argument("--features", default=DEFAULT_FEATURE_SET, metavar="SET",
+                          help=f"feature set: {', '.join(FEATURE_SETS)} "
+                          f"(default {DEFAULT_FEATURE_SET})")
+    evaluate.add_argument("--folds", type=int, default=5, metavar="K",
+                          help="cross-validation folds (default 5)")
+    evaluate.add_argument("--test", nargs="+", metavar="INPUT",
+                          help="test on these captures instead of cross-validating")
+    evaluate.add_argument("--test-labels", metavar="CSV",
+                          help="labels file for the --test inputs (default: --labels)")
+    evaluate.add_argument("--groups-file", metavar="TSV", action="append",
+                          help="pairs of captures that must stay together, tab-separated "
+                          "with columns file_a and file_b relative to the file's folder "
+                          "(as ../shared/data/pcap_overlaps.tsv); repeatable")
+    evaluate.add_argument("--threshold", type=_probability, metavar="P",
+                          help="confidence below which a flow is 'unknown' (default: chosen "
+                          "from out-of-bag predictions of each training side)")
+    evaluate.add_argument("--min-class-flows", type=int, default=1, metavar="N",
+                          help="only apps with at least N flows (default 1)")
+    evaluate.add_argument("--min-class-captures", type=int, default=1, metavar="N",
+                          help="only apps seen in at least N independent captures; "
+                          "overlapping captures count once (default 1)")
+    evaluate.add_argument("-o", "--output", metavar="DIR",
+                          help="results folder (default results/evaluate-<timestamp>)")
+    evaluate.add_argument("--drop-background", action="store_true",
+                          help="leave out DNS, DHCP, NTP, NetBIOS, SSDP, mDNS and LLMNR flows")
+    evaluate.add_argument("--min-packets", type=int, default=1, metavar="N",
+                          help="leave out flows with fewer packets (default 1)")
+    evaluate.add_argument("--trees", type=int, default=150, metavar="N",
+                          help="trees in each forest (default 150)")
+    evaluate.add_argument("--max-leaves", type=int, default=2048, metavar="N",
+                          help="leaves per tree at most, as in 'train' (default 2048; "
+                          "0: unbounded)")
+    evaluate.add_argument("--seed", type=int, default=0,
+                          help="random seed of the folds and forests (default 0)")
+    evaluate.add_argument("--json", action="store_true",
+                          help="print one JSON object (the contents of results.json)")
+    evaluate.set_defaults(run=cmd_evaluate)
     return parser
 
 

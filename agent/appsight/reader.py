@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import select
 import struct
 import sys
 import zlib
@@ -177,12 +178,36 @@ class CaptureReader:
     def _read(self, size: int) -> bytes:
         """Whatever is available now, up to ``size`` bytes; ``b""`` only at end of input."""
         try:
-            if self.source == "-":  # a live stream: take what has arrived, do not wait for more
-                return self._stream.read1(size)  # type: ignore[attr-defined]
+            if self.source == "-":
+                return self._read_available(size)
             return self._stream.read(size)
         except (OSError, EOFError, zlib.error) as exc:
             self.stats.problems.append(f"read error: {exc}")
             return b""
+
+    def _read_available(self, size: int) -> bytes:
+        """From a stream: wait for some bytes, then take all that are already there.
+
+        A pipe delivers at most 64 KiB per read; collecting what is ready (without waiting)
+        keeps batches large when the stream is fast and the delay low when it trickles.
+        """
+        stream = self._stream
+        first = stream.read1(size)  # type: ignore[attr-defined]
+        if not first or len(first) >= size:
+            return first
+        parts = [first]
+        got = len(first)
+        try:
+            fd = stream.fileno()
+        except (OSError, ValueError):
+            return first
+        while got < size and select.select([fd], [], [], 0)[0]:
+            more = stream.read1(size - got)  # type: ignore[attr-defined]
+            if not more:
+                break
+            parts.append(more)
+            got += len(more)
+        return b"".join(parts)
 
     def _read_exactly(self, size: int) -> bytes:
         parts: list[bytes] = []

@@ -77,8 +77,8 @@ class FeatureTableWriter:
             return
         buffer = io.StringIO()
         writer = csv.writer(buffer)
-        text = np.char.mod("%.10g", features) if features.size else features
-        for record, row in zip(records, text.tolist(), strict=True):
+        # Python floats print in their shortest exact form; csv formats them in C.
+        for record, row in zip(records, features.tolist(), strict=True):
             writer.writerow([record[c] for c in ID_COLUMNS] + row)
         assert self._csv_file is not None
         self._csv_file.write(buffer.getvalue())
