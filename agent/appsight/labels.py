@@ -39,6 +39,13 @@ def flow_key(capture: str, proto: str, a: Endpoint, b: Endpoint) -> FlowKey:
     return (capture, proto, min(a, b), max(a, b))
 
 
+def _port(text: str) -> int:
+    port = int(text)
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port {port} is not between 0 and 65535")
+    return port
+
+
 def _normal_proto(text: str) -> str:
     text = text.strip().lower()
     if text.isdigit():
@@ -57,36 +64,16 @@ class LabelTable:
     @classmethod
     def read_csv(cls, path: str | Path) -> LabelTable:
         """Read and validate a labels file; errors name the file and line."""
-        labels: dict[FlowKey, str] = {}
         try:
-            handle = open(path, newline="", encoding="utf-8")  # noqa: SIM115
+            # utf-8-sig: spreadsheet programs start their CSV files with a byte-order mark
+            handle = open(path, newline="", encoding="utf-8-sig")  # noqa: SIM115
         except OSError as exc:
             raise UsageError(f"{path}: cannot read labels: {exc.strerror}") from None
-        with handle:
-            reader = csv.DictReader(handle)
-            missing = set(LABEL_COLUMNS) - set(reader.fieldnames or ())
-            if missing:
-                raise UsageError(
-                    f"{path}: not a labels file: needs the columns {','.join(LABEL_COLUMNS)} "
-                    f"(missing {', '.join(sorted(missing))})"
-                )
-            for line, row in enumerate(reader, start=2):
-                try:
-                    proto = _normal_proto(row["proto"])
-                    a = (str(ipaddress.ip_address(row["src"].strip())), int(row["sport"]))
-                    b = (str(ipaddress.ip_address(row["dst"].strip())), int(row["dport"]))
-                    label = row["label"].strip()
-                    if not label or not row["capture"].strip():
-                        raise ValueError("empty capture or label")
-                except (ValueError, TypeError, AttributeError) as exc:
-                    raise UsageError(f"{path}, line {line}: {exc}") from None
-                key = flow_key(Path(row["capture"].strip()).name, proto, a, b)
-                previous = labels.setdefault(key, label)
-                if previous != label:
-                    raise UsageError(
-                        f"{path}, line {line}: flow labelled twice ({previous!r} and {label!r})"
-                    )
-        return cls(labels)
+        try:
+            with handle:
+                return cls(_read_rows(path, csv.DictReader(handle)))
+        except UnicodeDecodeError as exc:
+            raise UsageError(f"{path}: not a UTF-8 text file ({exc.reason})") from None
 
     def captures(self) -> set[str]:
         return {key[0] for key in self.labels}
@@ -102,6 +89,34 @@ class LabelTable:
             )
             out.append(self.labels.get(key))
         return out
+
+
+def _read_rows(path: str | Path, reader: csv.DictReader) -> dict[FlowKey, str]:
+    """The rows of a labels file, validated; errors name the file and line."""
+    labels: dict[FlowKey, str] = {}
+    missing = set(LABEL_COLUMNS) - set(reader.fieldnames or ())
+    if missing:
+        raise UsageError(
+            f"{path}: not a labels file: needs the columns {','.join(LABEL_COLUMNS)} "
+            f"(missing {', '.join(sorted(missing))})"
+        )
+    for line, row in enumerate(reader, start=2):
+        try:
+            proto = _normal_proto(row["proto"])
+            a = (str(ipaddress.ip_address(row["src"].strip())), _port(row["sport"]))
+            b = (str(ipaddress.ip_address(row["dst"].strip())), _port(row["dport"]))
+            label = row["label"].strip()
+            if not label or not row["capture"].strip():
+                raise ValueError("empty capture or label")
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise UsageError(f"{path}, line {line}: {exc}") from None
+        key = flow_key(Path(row["capture"].strip()).name, proto, a, b)
+        previous = labels.setdefault(key, label)
+        if previous != label:
+            raise UsageError(
+                f"{path}, line {line}: flow labelled twice ({previous!r} and {label!r})"
+            )
+    return labels
 
 
 def is_background(record: dict[str, object]) -> bool:

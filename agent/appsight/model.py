@@ -3,15 +3,17 @@
 The agent runs as root on a gateway, so loading a model must not run code. A model file is
 
     APPSIGHT-MODEL\\n
-    <one line of JSON: format, metadata, size and SHA-256 of the payload>\\n
+    <one line of JSON: format, metadata, payload size, and a SHA-256 of header and payload>\\n
     <payload: the forest saved by skops.io>
 
-On load the header is parsed (bounded in size), the payload's length and SHA-256 are checked
-(truncation or any change of a byte is refused), its types are checked against an explicit
-list of trusted scikit-learn and numpy types before skops builds anything, and the metadata
-must name a feature set this version knows. Every failure is an :class:`AppsightError`: one
-line, exit status 2. skops stores plain arrays, so a model trained on one 64-bit machine loads
-on any other with a compatible scikit-learn.
+On load the header is parsed (bounded in size) and its values checked; the length and the
+SHA-256 (over the header's other fields and the payload) are checked, so truncation or a
+changed byte anywhere is refused; the payload's types are checked against an explicit list of
+trusted types before skops builds anything; and the metadata must name a feature set this
+version knows. The SHA-256 detects damage, not forgery: a deployment that must trust a model
+pins the whole file's hash (``load_model(..., expect_sha256=...)``). Every failure is an
+:class:`AppsightError`: one line, exit status 2. skops stores plain arrays, so a model
+trained on one 64-bit machine loads on any other with a compatible scikit-learn.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__
+from .bursts import MAX_BURST_GAP
 from .errors import AppsightError
 from .features import FEATURE_SETS, FeatureSet
 
@@ -41,8 +44,25 @@ UNKNOWN = "unknown"
 TRUSTED_TYPES = ("sklearn.tree._tree.Tree",)
 
 
+#: Header fields the model writes itself; metadata cannot override them.
+RESERVED_FIELDS = frozenset({
+    "format", "payload_bytes", "sha256", "feature_set", "feature_set_version",
+    "feature_columns", "classes", "threshold", "burst_gap", "versions",
+})
+
+
 class ModelError(AppsightError):
     """A model file that cannot be used: missing, damaged, tampered with or incompatible."""
+
+
+def _canonical(header: dict[str, Any]) -> bytes:
+    return json.dumps(header, sort_keys=True).encode()
+
+
+def header_digest(header: dict[str, Any], payload: bytes) -> str:
+    """SHA-256 over the header (all fields but ``sha256`` itself) and the payload."""
+    fields = {k: v for k, v in header.items() if k != "sha256"}
+    return hashlib.sha256(MAGIC + _canonical(fields) + b"\n" + payload).hexdigest()
 
 
 @dataclass
@@ -84,9 +104,9 @@ class AppModel:
 
         payload = sio.dumps(self.forest, compression=zipfile.ZIP_DEFLATED, compresslevel=6)
         header = {
+            **{k: v for k, v in self.metadata.items() if k not in RESERVED_FIELDS},
             "format": FORMAT_VERSION,
             "payload_bytes": len(payload),
-            "payload_sha256": hashlib.sha256(payload).hexdigest(),
             "feature_set": self.feature_set.name,
             "feature_set_version": self.feature_set.version,
             "feature_columns": list(self.feature_set.columns),
@@ -94,9 +114,9 @@ class AppModel:
             "threshold": self.threshold,
             "burst_gap": self.burst_gap,
             "versions": library_versions(),
-            **{k: v for k, v in self.metadata.items() if k not in ("versions",)},
         }
-        data = MAGIC + json.dumps(header, sort_keys=True).encode() + b"\n" + payload
+        header["sha256"] = header_digest(header, payload)
+        data = MAGIC + _canonical(header) + b"\n" + payload
         tmp = Path(f"{path}.tmp")
         try:
             tmp.write_bytes(data)
@@ -138,9 +158,9 @@ def read_header(path: str | Path) -> tuple[dict[str, Any], bytes]:
         header = json.loads(data[len(MAGIC) : end])
         if not isinstance(header, dict):
             raise ValueError("header is not an object")
-        size, digest = int(header["payload_bytes"]), str(header["payload_sha256"])
+        size, digest = int(header["payload_bytes"]), str(header["sha256"])
         fmt = int(header["format"])
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
         raise ModelError(f"{path}: damaged model file (bad header)") from None
     if fmt > FORMAT_VERSION:
         raise ModelError(
@@ -148,24 +168,47 @@ def read_header(path: str | Path) -> tuple[dict[str, Any], bytes]:
             "upgrade appsight"
         )
     payload = data[end + 1 :]
-    if len(payload) != size:
+    if len(payload) < size:
         raise ModelError(
             f"{path}: damaged model file (truncated: {len(payload)} of {size} payload bytes)"
         )
-    if hashlib.sha256(payload).hexdigest() != digest:
+    if len(payload) > size:
+        raise ModelError(f"{path}: damaged model file ({len(payload) - size} bytes too many)")
+    if header_digest(header, payload) != digest:
         raise ModelError(f"{path}: model file was modified (SHA-256 mismatch); refusing it")
+    _check_header_values(path, header)
     return header, payload
+
+
+def _check_header_values(path: str | Path, header: dict[str, Any]) -> None:
+    """Refuse header values of the wrong type or range, whatever wrote them."""
+    threshold, gap = header.get("threshold"), header.get("burst_gap")
+    columns, classes = header.get("feature_columns"), header.get("classes")
+    problems = []
+    if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not (
+        0.0 <= threshold <= 1.0
+    ):
+        problems.append("threshold")
+    if gap is not None and (
+        isinstance(gap, bool) or not isinstance(gap, int | float) or not 0 < gap <= MAX_BURST_GAP
+    ):
+        problems.append("burst_gap")
+    if not isinstance(columns, list) or not all(isinstance(c, str) for c in columns):
+        problems.append("feature_columns")
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+        problems.append("classes")
+    if problems:
+        raise ModelError(f"{path}: damaged model file (bad {', '.join(problems)})")
 
 
 def load_model(path: str | Path, expect_sha256: str | None = None) -> AppModel:
     """Load and verify a model file; ``expect_sha256`` pins the whole file's hash."""
-    import skops.io as sio
-
+    header, payload = read_header(path)
     if expect_sha256 is not None:
         actual = file_sha256(path)
         if actual != expect_sha256.lower():
             raise ModelError(f"{path}: SHA-256 is {actual}, not the expected {expect_sha256}")
-    header, payload = read_header(path)
+    import skops.io as sio  # only now: its import costs a second or two
     name, version = header.get("feature_set"), header.get("feature_set_version")
     feature_set = FEATURE_SETS.get(str(name))
     if feature_set is None or feature_set.version != version:
@@ -198,8 +241,7 @@ def load_model(path: str | Path, expect_sha256: str | None = None) -> AppModel:
         raise ModelError(f"{path}: model payload does not match its header")
     if getattr(forest, "n_features_in_", None) != len(feature_set.columns):
         raise ModelError(f"{path}: forest expects {forest.n_features_in_} features")
-    meta = {k: v for k, v in header.items()
-            if k not in ("payload_bytes", "payload_sha256", "format")}
+    meta = {k: v for k, v in header.items() if k not in RESERVED_FIELDS or k == "versions"}
     return AppModel(
         forest=forest,
         feature_set=feature_set,

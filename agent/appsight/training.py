@@ -132,6 +132,14 @@ def build_dataset(
                    feature_set, unlabelled, dropped, records_kept)
 
 
+def check_forest_size(trees: int, max_leaves: int | None) -> None:
+    """Refuse forest sizes scikit-learn would reject, before any capture is read."""
+    if trees < 1:
+        raise UsageError(f"--trees must be at least 1, not {trees}")
+    if max_leaves is not None and max_leaves < 2:
+        raise UsageError(f"--max-leaves must be at least 2 (or 0 for no bound), not {max_leaves}")
+
+
 def make_forest(trees: int = DEFAULT_TREES, max_leaves: int | None = DEFAULT_MAX_LEAVES,
                 class_weight: str | None = None, seed: int = 0, jobs: int = -1,
                 oob: bool = False):
@@ -170,6 +178,7 @@ def train_model(
     seed: int = 0,
 ) -> AppModel:
     """Fit the forest; without a given threshold, choose one from out-of-bag predictions."""
+    check_forest_size(trees, max_leaves)
     counts = dataset.class_counts()
     if len(dataset) == 0:
         raise UsageError("no labelled flows to train on")
