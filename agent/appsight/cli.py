@@ -566,13 +566,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = sub.add_parser(
         "evaluate", help="measure accuracy on captures the model has not seen",
-        description="Measure how well the forest of 'train' names apps in captures it has not "
-        "seen: grouped cross-validation by capture (the flows of a capture, and captures that "
-        "share packets per --groups-file, never sit on both sides), or training inputs "
-        "against separate --test inputs. The confidence threshold is chosen as 'train' "
-        "chooses it, from out-of-bag predictions of the training side only. Prints the "
-        "per-app table (% correct, % unknown), AppScanner's reject-option table "
-        "(thresholds 0.5 / 0.7 / 0.9) and macro-F1; writes results.json, confusion.png and "
+        description="Measure how well the forest of 'train' names apps in captures it has not\n"
+        "seen: grouped cross-validation by capture (the flows of a capture, and captures that\n"
+        "share packets per --groups-file, never sit on both sides), or training inputs against\n"
+        "separate --test inputs. The confidence threshold is chosen as 'train' chooses it,\n"
+        "from out-of-bag predictions of the training side only.\n\n"
+        "Prints the per-app table (% correct, % unknown), AppScanner's reject-option table\n"
+        "(thresholds 0.5 / 0.7 / 0.9) and macro-F1; writes results.json, confusion.png and\n"
         "coverage.png to the results folder. Give --test after the training inputs.",
         epilog="examples:\n"
         "  appsight labels from-ndpi ../shared/data/ndpi/ -o ndpi-labels.csv\n"

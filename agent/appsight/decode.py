@@ -121,20 +121,34 @@ class _Frames:
         self.start = batch.offset
         self.caplen = batch.caplen
 
+    def read(
+        self, idx: np.ndarray, rel: np.ndarray, width: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Big-endian unsigned integers of ``width`` bytes at ``rel`` in each packet ``idx``.
+
+        Returns (values, ok); where the bytes are not all captured, ok is False and the value 0.
+        """
+        ok = (rel >= 0) & (rel + width <= self.caplen[idx])
+        pos = self.start[idx] + rel
+        pos[~ok] = 0
+        data = self.data
+        if len(data) < width:
+            return np.zeros(len(idx), dtype=np.int64), np.zeros(len(idx), dtype=bool)
+        value = data[pos].astype(np.int64)
+        for k in range(1, width):  # ok packets end inside the data; the others read byte k
+            value <<= 8
+            value |= data[pos + k]
+        value[~ok] = 0
+        return value, ok
+
     def u8(self, idx: np.ndarray, rel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        ok = (rel >= 0) & (rel < self.caplen[idx])
-        pos = np.where(ok, self.start[idx] + rel, 0)
-        return np.where(ok, self.data[pos], 0).astype(np.int64), ok
+        return self.read(idx, rel, 1)
 
     def u16(self, idx: np.ndarray, rel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        hi, _ = self.u8(idx, rel)
-        lo, ok = self.u8(idx, rel + 1)
-        return (hi << 8) | lo, ok
+        return self.read(idx, rel, 2)
 
     def u32(self, idx: np.ndarray, rel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        hi, _ = self.u16(idx, rel)
-        lo, ok = self.u16(idx, rel + 2)
-        return (hi << 16) | lo, ok
+        return self.read(idx, rel, 4)
 
     def u64_pair(self, idx: np.ndarray, rel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """16 bytes at ``rel`` as two big-endian uint64 halves (callers checked the bounds)."""
@@ -320,7 +334,8 @@ class Decoder:
         sport = np.zeros(n, dtype=np.int64)
         dport = np.zeros(n, dtype=np.int64)
         frag_id = np.zeros(n, dtype=np.int64)
-        frag_state = np.zeros(n, dtype=np.int8)  # 0 none, 1 first fragment, 2 later fragment
+        # 0 not a fragment, 1 first fragment, 2 later fragment, 3 last fragment
+        frag_state = np.zeros(n, dtype=np.int8)
         malformed = np.zeros(n, dtype=bool)
 
         is_ip = what != AT_NONE
@@ -342,7 +357,7 @@ class Decoder:
         # too short for one is a port-0 flow, and Ethernet padding is never read as ports.
         header_len = np.where(proto == PROTO_TCP, 20, 8)
         ported = (
-            keep & ((proto == PROTO_TCP) | (proto == PROTO_UDP)) & (frag_state != 2)
+            keep & ((proto == PROTO_TCP) | (proto == PROTO_UDP)) & (frag_state < 2)
             & (l4 + header_len <= cursor + ip_len)
         )
         pidx = np.flatnonzero(ported)
@@ -398,7 +413,7 @@ class Decoder:
             l4[i4] = c4 + ihl
             offset = flags & 0x1FFF
             more = (flags & 0x2000) != 0
-            frag_state[i4] = np.select([offset > 0, more], [2, 1], 0)
+            frag_state[i4] = np.select([(offset > 0) & more, offset > 0, more], [2, 3, 1], 0)
             frag_id[i4] = ident
         v6 = what[idx] == ETH_IPV6
         i6, c6 = idx[v6], c[v6]
@@ -433,7 +448,10 @@ class Decoder:
                     off_flags, _ = frames.u16(fi, at[is_frag] + 2)
                     ident, _ = frames.u32(fi, at[is_frag] + 4)
                     frag_off = off_flags >> 3
-                    frag_state[fi] = np.select([frag_off > 0, (off_flags & 1) == 1], [2, 1], 0)
+                    more = (off_flags & 1) == 1
+                    frag_state[fi] = np.select(
+                        [(frag_off > 0) & more, frag_off > 0, more], [2, 3, 1], 0
+                    )
                     frag_id[fi] = ident
                     # A later fragment's payload holds no headers: stop walking it.
                     walking[e[is_frag][frag_off > 0]] = False
@@ -570,7 +588,8 @@ class Decoder:
                 if len(memory) > FRAGMENT_MEMORY:
                     memory.popitem(last=False)
             else:
-                ports = memory.get(key)
+                # The last fragment ends the datagram: forget it (bounded by what is in flight).
+                ports = memory.pop(key, None) if frag_state[i] == 3 else memory.get(key)
                 if ports is None:
                     self.stats.orphan_fragments += 1
                 else:

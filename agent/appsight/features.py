@@ -124,10 +124,11 @@ _APPSCANNER_STATS = (
 
 
 def _series_stats(series: Series) -> list[np.ndarray]:
+    deciles = series.percentiles(tuple(range(10, 100, 10)))
     return [
         series.min(), series.max(), series.mean(), series.mad(), series.std(), series.var(),
         series.skew(), series.kurtosis(),
-        *(series.percentile(q) for q in range(10, 100, 10)),
+        *deciles.T,
         series.count.astype(np.float64),
     ]
 

@@ -115,9 +115,9 @@ def coverage_png(path: str | Path, curves: Sequence[Curve], title: str = "",
     """
     figure = _figure(7.0, 5.0)
     axes = figure.add_subplot()
-    shapes = ("o", "s", "^", "D", "v", "P")
+    shapes = ("o", "s", "^", "D", "v", "P")  # one shape per marked threshold
     lowest = 100.0
-    for k, curve in enumerate(curves):
+    for curve in curves:
         coverage = np.asarray(curve.coverage, dtype=float)
         accuracy = np.asarray(curve.accuracy, dtype=float)
         defined = ~np.isnan(accuracy)
@@ -126,27 +126,32 @@ def coverage_png(path: str | Path, curves: Sequence[Curve], title: str = "",
         (line,) = axes.plot(coverage[defined], accuracy[defined], linewidth=1.6,
                             label=curve.name)
         thresholds = np.asarray(curve.threshold, dtype=float)
-        for mark in marks:
+        for k, mark in enumerate(marks):
             i = int(np.argmin(np.abs(thresholds - mark)))
             if math.isnan(accuracy[i]):
                 continue
-            axes.plot(coverage[i], accuracy[i], shapes[k % len(shapes)], color=line.get_color(),
-                      markersize=6, markeredgecolor="black", markeredgewidth=0.5)
-            axes.annotate(f"{mark:g}", (coverage[i], accuracy[i]), textcoords="offset points",
-                          xytext=(5, -11), fontsize=7, color=line.get_color())
+            axes.plot(coverage[i], accuracy[i], shapes[k % len(shapes)],
+                      color=line.get_color(), markersize=6, markeredgecolor="black",
+                      markeredgewidth=0.5)
+            if len(curves) == 1:  # with several curves, the legend's shapes say which is which
+                axes.annotate(f"{mark:g}", (coverage[i], accuracy[i]),
+                              textcoords="offset points", xytext=(5, -11), fontsize=7,
+                              color=line.get_color())
         if curve.chosen is not None and not any(math.isnan(v) for v in curve.chosen):
             axes.plot(*curve.chosen, "*", color=line.get_color(), markersize=12,
                       markeredgecolor="black", markeredgewidth=0.6)
+    for k, mark in enumerate(marks):
+        axes.plot([], [], shapes[k % len(shapes)], color="white", markeredgecolor="black",
+                  label=f"threshold {mark:g}")
+    if any(c.chosen is not None for c in curves):
+        axes.plot([], [], "*", color="white", markeredgecolor="black", markersize=10,
+                  label="chosen threshold")
     axes.set_xlim(0, 101)
     axes.set_ylim(max(0.0, math.floor(lowest / 10) * 10 - 5), 101)
     axes.set_xlabel("flows classified (%)  -  a higher threshold moves left")
     axes.set_ylabel("accuracy over the flows classified (%)")
     axes.grid(True, linewidth=0.4, alpha=0.6)
-    note = "markers: thresholds " + ", ".join(f"{m:g}" for m in marks)
-    if any(c.chosen is not None for c in curves):
-        note += "; star: chosen threshold"
-    axes.plot([], [], " ", label=note)
-    axes.legend(fontsize=8, loc="best")
+    axes.legend(fontsize=8, loc="best", ncols=2 if len(curves) > 3 else 1)
     axes.set_title(_wrap(title or "Accuracy versus coverage over thresholds 0 to 1", 7.0, 10),
                    fontsize=10)
     _save(figure, path, dpi=130)

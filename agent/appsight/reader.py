@@ -255,42 +255,39 @@ class CaptureReader:
                 if buf:
                     self._truncated(len(buf))
                 return
+            # The hot loop: only hop from header to header. Lengths are checked afterwards,
+            # for all records at once.
             positions: list[int] = []
             append = positions.append
-            pos, end = 0, len(buf)
-            corrupt = False
-            while pos + 16 <= end:
-                incl = caplen_at(buf, pos + 8)[0]
-                if incl > limit:
-                    corrupt = True
-                    break
-                nxt = pos + 16 + incl
-                if nxt > end:
-                    break
+            pos, last = 0, len(buf) - 16
+            while pos <= last:
                 append(pos)
-                pos = nxt
-            if positions:
-                yield self._pcap_batch(buf, positions, order, tick_ns, linktype)
-            if corrupt:
-                self._corrupt(f"record with captured length {incl} > {limit}")
+                pos += 16 + caplen_at(buf, pos + 8)[0]
+            if not positions:
+                pending = buf
+                continue
+            data_u8 = np.frombuffer(buf, dtype=np.uint8)
+            starts = np.asarray(positions, dtype=np.int64)
+            fields = _gather_u32(data_u8, starts, 4, order)
+            caplen = fields[:, 2]
+            too_long = np.flatnonzero(caplen > limit)
+            usable = int(too_long[0]) if len(too_long) else len(starts)
+            if usable == len(starts) and starts[-1] + 16 + caplen[-1] > len(buf):
+                usable -= 1  # the last record continues in the next chunk
+            if usable:
+                self.stats.records += usable
+                yield RecordBatch(
+                    data=data_u8,
+                    offset=starts[:usable] + 16,
+                    caplen=caplen[:usable],
+                    wirelen=fields[:usable, 3],
+                    ts_ns=fields[:usable, 0] * 1_000_000_000 + fields[:usable, 1] * tick_ns,
+                    linktype=np.full(usable, linktype, dtype=np.int32),
+                )
+            if len(too_long):
+                self._corrupt(f"record with captured length {int(caplen[usable])} > {limit}")
                 return
-            pending = buf[pos:]
-
-    def _pcap_batch(
-        self, buf: bytes, positions: list[int], order: str, tick_ns: int, linktype: int
-    ) -> RecordBatch:
-        data = np.frombuffer(buf, dtype=np.uint8)
-        pos = np.asarray(positions, dtype=np.int64)
-        fields = _gather_u32(data, pos, 4, order)
-        self.stats.records += len(pos)
-        return RecordBatch(
-            data=data,
-            offset=pos + 16,
-            caplen=fields[:, 2],
-            wirelen=fields[:, 3],
-            ts_ns=fields[:, 0] * 1_000_000_000 + fields[:, 1] * tick_ns,
-            linktype=np.full(len(pos), linktype, dtype=np.int32),
-        )
+            pending = buf[int(starts[usable]) :] if usable < len(starts) else buf[pos:]
 
     # ----------------------------------------------------------------- pcapng
     def _iter_pcapng(self, head: bytes) -> Iterator[RecordBatch]:
