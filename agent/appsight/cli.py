@@ -263,6 +263,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     import numpy as np
 
     from .evaluation import (
+        FoldResult,
         classes_with_enough_data,
         cross_validate,
         format_report,
@@ -348,7 +349,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise UsageError(f"need at least two apps to tell apart, found {apps}")
     max_leaves = args.max_leaves or None
 
-    def fold_done(fold) -> None:  # type: ignore[no-untyped-def]
+    def fold_done(fold: FoldResult) -> None:
         print(f"appsight: fold {fold.index}: trained on {fold.train_flows} flows in "
               f"{fold.fit_seconds:.1f} s, threshold {fold.threshold:.2f}, tested on "
               f"{fold.test_flows} flows of {len(fold.test_captures)} captures",
