@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,7 +23,9 @@ from .errors import AppsightError, UsageError
 from .features import DEFAULT_FEATURE_SET, FEATURE_SETS, get_feature_set
 from .inputs import expand_captures
 from .labels import LABEL_COLUMNS, LabelTable, rows_from_ndpi
+from .live import InterfaceSource, LiveMeter, drop_privileges, is_interface
 from .model import load_model
+from .pcapwriter import RotatingPcapWriter
 from .pipeline import CaptureSummary, FlowBlock, PipelineOptions, iter_flow_blocks
 from .progress import Progress
 from .report import flow_records, write_json_lines, write_report
@@ -108,7 +113,6 @@ def run_captures(
 # ------------------------------------------------------------------ commands
 def cmd_flows(args: argparse.Namespace) -> int:
     options = _options(args)
-    captures = expand_captures(args.captures)
     out = sys.stdout
     writer = write_json_lines if args.json else write_report
 
@@ -116,7 +120,129 @@ def cmd_flows(args: argparse.Namespace) -> int:
         writer(block, out)
         out.flush()  # a burst is reported as soon as it is complete, also into a pipe
 
-    return run_captures(captures, options, handle)
+    if _is_live(args.captures):
+        return run_live(args.captures[0], options, handle, args)
+    return run_captures(expand_captures(args.captures), options, handle)
+
+
+def _is_live(inputs: list[str]) -> bool:
+    """One interface, or a stream on standard input: report bursts as the clock ends them."""
+    return len(inputs) == 1 and (inputs[0] == "-" or is_interface(inputs[0]))
+
+
+def run_live(
+    source_name: str,
+    options: PipelineOptions,
+    handle: Callable[[FlowBlock], None],
+    args: argparse.Namespace,
+) -> int:
+    """Run an interface or a pcap stream through the live loop until the end or a signal."""
+    writer = None
+    if getattr(args, "write_pcap", None):
+        writer = RotatingPcapWriter(args.write_pcap, linktype=1, prefix="live",
+                                    rotate_bytes=_megabytes(args.rotate_mb),
+                                    rotate_seconds=args.rotate_seconds)
+    lock = threading.Lock()
+
+    def keep_frames(frames: list[tuple[int, int, bytes]], linktype: int) -> None:
+        assert writer is not None
+        with lock:
+            writer.linktype = linktype
+            writer.write(frames)
+
+    meter = LiveMeter(options, handle, keep_frames if writer else None)
+    source = None
+    try:
+        if source_name == "-":
+            meter.run_stream("-")
+        else:
+            source = InterfaceSource(source_name, bpf=getattr(args, "bpf", None))
+            _report_drops_on_sigusr1(source)
+            dropped = drop_privileges(getattr(args, "user", None))
+            if dropped:
+                print(f"appsight: running as {dropped}", file=sys.stderr)
+            meter.run_interface(source)
+    except KeyboardInterrupt:
+        meter.stop.set()
+    finally:
+        if writer is not None:
+            with lock:
+                writer.close()
+            print(f"appsight: wrote {writer.stats.packets} packets to {writer.stats.files} "
+                  f"files in {args.write_pcap}", file=sys.stderr)
+        if source is not None:
+            print(f"appsight: {source.read_drops().line()}", file=sys.stderr)
+            source.close()
+    return 0
+
+
+def _megabytes(value: float | None) -> int | None:
+    return None if value is None else int(value * 1_000_000)
+
+
+def _report_drops_on_sigusr1(source: InterfaceSource) -> None:
+    def report(_signum: int, _frame: object) -> None:
+        print(f"appsight: {source.read_drops().line()}", file=sys.stderr, flush=True)
+
+    signal.signal(signal.SIGUSR1, report)
+
+
+def cmd_capture(args: argparse.Namespace) -> int:
+    source = InterfaceSource(args.interface, bpf=args.bpf)
+    _report_drops_on_sigusr1(source)
+    writer = RotatingPcapWriter(
+        args.output, linktype=source.linktype, label=args.label,
+        rotate_bytes=_megabytes(args.rotate_mb), rotate_seconds=args.rotate_seconds,
+    )
+    dropped = drop_privileges(args.user)
+    if dropped:
+        print(f"appsight: running as {dropped}", file=sys.stderr)
+    stop = threading.Event()
+    deadline = None if args.duration is None else time.monotonic() + args.duration
+    print(f"appsight: capturing on {args.interface} into {args.output} (Ctrl-C to stop)",
+          file=sys.stderr)
+    status = 0
+    try:
+        for frames in source.frames(stop):
+            if args.count is not None:
+                frames = frames[: max(args.count - writer.stats.packets, 0)]
+            writer.write(frames)
+            writer.rotate_if_due()
+            if args.count is not None and writer.stats.packets >= args.count:
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+    except KeyboardInterrupt:
+        status = 0
+    finally:
+        writer.close()
+        print(f"appsight: wrote {writer.stats.packets} packets ({writer.stats.bytes} bytes) "
+              f"to {writer.stats.files} files in {args.output}; {source.read_drops().line()}",
+              file=sys.stderr)
+        source.close()
+    return status
+
+
+def cmd_live(args: argparse.Namespace) -> int:
+    model = load_model(args.model)
+    gap = model.burst_gap if args.burst_gap is None else parse_burst_gap(args.burst_gap)
+    options = PipelineOptions(
+        burst_gap=gap,
+        device=NetworkMatcher.parse(args.device) if args.device else None,
+        decapsulate=not args.no_decap and model.metadata.get("decapsulate", True),
+    )
+    threshold = model.threshold if args.threshold is None else args.threshold
+    out = sys.stdout
+    writer = write_json_lines if args.json else write_report
+
+    def handle(block: FlowBlock) -> None:
+        apps, confidence = model.predict(model.feature_set(block.flows), threshold)
+        writer(block, out, {"app": apps, "confidence": [round(float(c), 4) for c in confidence]})
+        out.flush()
+
+    if _is_live(args.captures):
+        return run_live(args.captures[0], options, handle, args)
+    return run_captures(expand_captures(args.captures), options, handle)
 
 
 def cmd_features(args: argparse.Namespace) -> int:
@@ -467,6 +593,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_pipeline_options(flows)
     flows.add_argument("--json", action="store_true", help="JSON Lines: one object per flow")
+    flows.add_argument("--bpf", metavar="FILTER", help="capture filter, for an interface")
+    flows.add_argument("--user", help="for an interface: user to switch to once it is open")
     flows.set_defaults(run=cmd_flows)
 
     features = sub.add_parser(
@@ -565,6 +693,55 @@ def build_parser() -> argparse.ArgumentParser:
                           help="override the model's confidence threshold")
     classify.set_defaults(run=cmd_classify)
 
+    capture = sub.add_parser(
+        "capture", help="record an interface to rotating pcap files",
+        description="Record the packets of a network interface into classic pcap files "
+        "(nanosecond timestamps; readable by tcpdump, Wireshark and appsight), rotated by size "
+        "and/or time. Ctrl-C or SIGTERM closes the current file cleanly; SIGUSR1 prints the "
+        "kernel's drop counters. Needs root or CAP_NET_RAW.",
+        epilog="examples:\n  appsight capture eth1 -o captures/youtube --label youtube "
+        "--rotate-mb 100\n  appsight capture eth1 -o /tmp/cap --bpf 'host 192.168.56.101' "
+        "--duration 600",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    capture.add_argument("interface", metavar="IFACE", help="network interface")
+    capture.add_argument("-o", "--output", required=True, metavar="DIR", help="output folder")
+    capture.add_argument("--label", help="app label put into the file names (for training)")
+    capture.add_argument("--bpf", metavar="FILTER", help="capture filter (tcpdump syntax)")
+    capture.add_argument("--rotate-mb", type=float, metavar="MB",
+                         help="start a new file after this many megabytes")
+    capture.add_argument("--rotate-seconds", type=float, metavar="S",
+                         help="start a new file after this many seconds")
+    capture.add_argument("--count", type=int, metavar="N", help="stop after N packets")
+    capture.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
+    capture.add_argument("--user", help="user to switch to once the socket is open "
+                         "(default: the sudo caller, if any)")
+    capture.set_defaults(run=cmd_capture)
+
+    live = sub.add_parser(
+        "live", help="classify an interface or a pcap stream as it happens",
+        description="The per-burst report with the predicted app (or 'unknown') and the "
+        "confidence of each flow, printed about a second after each burst ends. SOURCE is a "
+        "network interface, or - for a pcap stream on standard input. SIGUSR1 prints the "
+        "kernel's drop counters.",
+        epilog="examples:\n  appsight live eth1 -m model.skops --device 192.168.56.0/24\n"
+        "  ssh gateway tcpdump -U -w - -i eth1 | appsight live - -m model.skops --json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_pipeline_options(live)
+    live.set_defaults(burst_gap=None)
+    live.add_argument("-m", "--model", required=True, metavar="MODEL", help="model file")
+    live.add_argument("--json", action="store_true",
+                      help="JSON Lines: the objects of 'flows --json' plus app, confidence")
+    live.add_argument("--threshold", type=_probability, metavar="P",
+                      help="override the model's confidence threshold")
+    live.add_argument("--bpf", metavar="FILTER", help="capture filter (tcpdump syntax)")
+    live.add_argument("--write-pcap", metavar="DIR", help="also keep the packets, as pcap files")
+    live.add_argument("--rotate-mb", type=float, metavar="MB", help="with --write-pcap")
+    live.add_argument("--rotate-seconds", type=float, metavar="S", help="with --write-pcap")
+    live.add_argument("--user", help="user to switch to once the socket is open")
+    live.set_defaults(run=cmd_live)
+
     evaluate = sub.add_parser(
         "evaluate", help="measure accuracy on captures the model has not seen",
         description="Measure how well the forest of 'train' names apps in captures it has not\n"
@@ -626,7 +803,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminate(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM ends a run as Ctrl-C does: files closed, counts printed
+
+
 def main(argv: list[str] | None = None) -> int:
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

@@ -200,7 +200,9 @@ TIMING39 = FeatureSet(
 )
 
 FEATURE_SETS: dict[str, FeatureSet] = {fs.name: fs for fs in (SEED14, APPSCANNER54, TIMING39)}
-DEFAULT_FEATURE_SET = "appscanner54"
+#: The set with the best macro-F1 across captures in docs/accuracy.md (grouped cross-validation
+#: on nDPI's captures), ahead of appscanner54 and level with or ahead of nfstream's statistics.
+DEFAULT_FEATURE_SET = "seed14"
 
 
 def get_feature_set(name: str) -> FeatureSet:

@@ -1,0 +1,286 @@
+"""Live sources and the burst clock: the same pipeline, fed as packets arrive.
+
+A live source runs in its own thread and hands the main loop :class:`RecordBatch` objects
+of whatever arrived in the last few milliseconds. The main loop feeds them to the same
+:class:`~appsight.pipeline.FlowMeter` that offline commands use, and checks at least every
+0.2 s whether the newest packet is older than the burst gap; if so it closes the burst at once
+(nfstream's flows never expire in live mode when no packet arrives; a clock avoids that).
+
+Two sources: a network interface, read with scapy's raw ``AF_PACKET`` socket path (no
+dissection per packet), and a pcap stream (a file or ``-``, e.g. ``tcpdump -U -w -`` over
+ssh). For an interface the clock compares the kernel's packet timestamps with the local wall
+clock; for a stream, whose timestamps may come from another machine's clock, it measures the
+silence since the last batch arrived.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import select
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import AppsightError
+from .pipeline import FlowBlock, FlowMeter, PipelineOptions
+from .reader import RecordBatch, read_records
+
+CLOCK_TICK = 0.1  # seconds between burst-clock checks (the issue allows 0.2)
+BATCH_SECONDS = 0.05  # an interface source hands on what it has at least this often
+BATCH_PACKETS = 4096
+SOL_PACKET, PACKET_STATISTICS = 263, 6
+DLT_EN10MB, DLT_RAW = 1, 101
+#: ARPHRD types whose AF_PACKET frames start with an Ethernet header, and those without any.
+ETHERNET_HATYPES = {1, 772}  # Ethernet, loopback
+RAW_IP_HATYPES = {512, 776, 778, 65534}  # PPP, sit, GRE, none (tun, wireguard)
+
+
+class LiveSourceError(AppsightError):
+    """An interface that cannot be opened, or lost while reading."""
+
+
+@dataclass
+class DropCounters:
+    """The kernel's counters for the capture socket (PACKET_STATISTICS), summed over reads."""
+
+    received: int = 0
+    dropped: int = 0
+
+    def line(self) -> str:
+        return f"kernel: {self.received} packets received by the socket, {self.dropped} dropped"
+
+
+_END = object()
+
+
+class InterfaceSource:
+    """Frames of one network interface, as record batches, from a background thread."""
+
+    clock = "packet"
+
+    def __init__(self, iface: str, bpf: str | None = None, snaplen: int = 262_144) -> None:
+        import logging
+
+        from scapy.arch.linux import L2ListenSocket
+        from scapy.error import Scapy_Exception
+
+        # scapy warns when it cannot name the link layer; appsight decodes frames itself.
+        logging.getLogger("scapy.runtime").setLevel(logging.ERROR)
+
+        self.name = iface
+        self.snaplen = snaplen
+        self.drops = DropCounters()
+        try:
+            self.socket = L2ListenSocket(iface=iface, filter=bpf, promisc=True)
+        except PermissionError:
+            raise LiveSourceError(
+                f"{iface}: capturing needs root or the CAP_NET_RAW capability "
+                "(see 'Running without root' in the README)"
+            ) from None
+        except OSError as exc:
+            raise LiveSourceError(f"{iface}: cannot capture: {exc.strerror or exc}") from None
+        except Scapy_Exception as exc:
+            raise LiveSourceError(f"{iface}: {exc}") from None
+        with contextlib.suppress(OSError):  # a large buffer rides out bursts of traffic
+            self.socket.ins.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 20)
+        hatype = self.socket.ins.getsockname()[3]
+        self.linktype = DLT_RAW if hatype in RAW_IP_HATYPES else DLT_EN10MB
+
+    def read_drops(self) -> DropCounters:
+        """Add the kernel's counters since the last call (reading resets them)."""
+        try:
+            raw = self.socket.ins.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8)
+        except OSError:
+            return self.drops
+        packets, dropped = struct.unpack("II", raw)
+        self.drops.received += packets
+        self.drops.dropped += dropped
+        return self.drops
+
+    def frames(self, stop: threading.Event) -> Iterator[list[tuple[int, int, bytes]]]:
+        """Lists of (timestamp ns, length, frame), at least every BATCH_SECONDS while busy."""
+        fd = self.socket.ins.fileno()
+        recv = self.socket.recv_raw
+        while not stop.is_set():
+            ready, _, _ = select.select([fd], [], [], CLOCK_TICK)
+            if not ready:
+                yield []
+                continue
+            batch: list[tuple[int, int, bytes]] = []
+            deadline = time.monotonic() + BATCH_SECONDS
+            while len(batch) < BATCH_PACKETS:
+                try:
+                    _, frame, ts = recv(self.snaplen)
+                except OSError as exc:
+                    raise LiveSourceError(f"{self.name}: capture failed: {exc.strerror}") from None
+                if frame is not None:
+                    stamp = round(ts * 1e9) if ts is not None else time.time_ns()
+                    batch.append((stamp, len(frame), frame))
+                if time.monotonic() > deadline or not select.select([fd], [], [], 0)[0]:
+                    break
+            yield batch
+
+    def close(self) -> None:
+        self.socket.close()
+
+
+def frames_to_batch(frames: list[tuple[int, int, bytes]], linktype: int) -> RecordBatch:
+    """Pack (timestamp ns, original length, bytes) frames into one record batch."""
+    lengths = np.fromiter((len(f) for _, _, f in frames), dtype=np.int64, count=len(frames))
+    offset = np.zeros(len(frames), dtype=np.int64)
+    np.cumsum(lengths[:-1], out=offset[1:])
+    data = np.frombuffer(b"".join(f for _, _, f in frames), dtype=np.uint8)
+    return RecordBatch(
+        data=data,
+        offset=offset,
+        caplen=lengths,
+        wirelen=np.fromiter((w for _, w, _ in frames), dtype=np.int64, count=len(frames)),
+        ts_ns=np.fromiter((t for t, _, _ in frames), dtype=np.int64, count=len(frames)),
+        linktype=np.full(len(frames), linktype, dtype=np.int32),
+    )
+
+
+def is_interface(name: str) -> bool:
+    """True for a network interface name that is not also a file or ``-``."""
+    return name != "-" and not Path(name).exists() and Path("/sys/class/net", name).exists()
+
+
+class LiveMeter:
+    """Runs a source through the pipeline and the burst clock until stopped or exhausted.
+
+    ``on_block`` receives each finished block of bursts; ``on_frames`` (optional) every list of
+    frames as it arrives, for writing them to disk as well.
+    """
+
+    def __init__(
+        self,
+        options: PipelineOptions,
+        on_block: Callable[[FlowBlock], None],
+        on_frames: Callable[[list[tuple[int, int, bytes]], int], None] | None = None,
+    ) -> None:
+        self.options = options
+        self.on_block = on_block
+        self.on_frames = on_frames
+        self.stop = threading.Event()
+        self.error: BaseException | None = None
+
+    # ----------------------------------------------------------- producers
+    def _produce_interface(self, source: InterfaceSource, out: queue.Queue) -> None:
+        try:
+            for frames in source.frames(self.stop):
+                if frames:
+                    if self.on_frames is not None:
+                        self.on_frames(frames, source.linktype)
+                    out.put(frames_to_batch(frames, source.linktype))
+                else:
+                    out.put(None)  # a tick: lets the clock run while nothing arrives
+        except BaseException as exc:  # handed to the main thread, which reports it
+            self.error = exc
+        finally:
+            out.put(_END)
+
+    def _produce_stream(self, path: str, out: queue.Queue, holder: dict) -> None:
+        try:
+            with read_records(path) as reader:
+                holder["reader"] = reader
+                for batch in reader:
+                    if self.stop.is_set():
+                        break
+                    if self.on_frames is not None and len(batch):
+                        self.on_frames(_batch_frames(batch), int(batch.linktype[0]))
+                    out.put(batch)
+        except BaseException as exc:
+            self.error = exc
+        finally:
+            out.put(_END)
+
+    # ---------------------------------------------------------------- loop
+    def run_interface(self, source: InterfaceSource) -> FlowMeter:
+        return self._run(source.name, "packet",
+                         lambda q: self._produce_interface(source, q))
+
+    def run_stream(self, path: str) -> FlowMeter:
+        holder: dict = {}
+        name = "stdin" if path == "-" else Path(path).name
+        return self._run(name, "arrival", lambda q: self._produce_stream(path, q, holder))
+
+    def _run(self, name: str, clock: str, produce: Callable[[queue.Queue], None]) -> FlowMeter:
+        meter = FlowMeter(name, self.options)
+        gap = self.options.burst_gap
+        inbox: queue.Queue = queue.Queue(maxsize=256)
+        thread = threading.Thread(target=produce, args=(inbox,), name="appsight-source",
+                                  daemon=True)
+        thread.start()
+        last_arrival = time.monotonic()
+        try:
+            while True:
+                try:
+                    item = inbox.get(timeout=CLOCK_TICK)
+                except queue.Empty:
+                    item = None
+                except KeyboardInterrupt:  # Ctrl-C or SIGTERM: report what was received
+                    break
+                if item is _END:
+                    break
+                if item is not None and len(item):
+                    block = meter.push(item)
+                    last_arrival = time.monotonic()
+                    if block is not None:
+                        self.on_block(block)
+                newest = meter.splitter.last_packet_ts
+                if gap is not None and newest is not None:
+                    silent = (time.time_ns() - newest) / 1e9 if clock == "packet" else (
+                        time.monotonic() - last_arrival
+                    )
+                    if silent > gap:
+                        block = meter.close()
+                        if block is not None:
+                            self.on_block(block)
+        finally:
+            self.stop.set()
+            thread.join(timeout=2)
+        block = meter.close()
+        if block is not None:
+            self.on_block(block)
+        if self.error is not None and not isinstance(self.error, KeyboardInterrupt):
+            raise self.error
+        return meter
+
+
+def _batch_frames(batch: RecordBatch) -> list[tuple[int, int, bytes]]:
+    data = batch.data
+    return [
+        (int(t), int(w), data[o : o + c].tobytes())
+        for t, w, o, c in zip(batch.ts_ns.tolist(), batch.wirelen.tolist(),
+                              batch.offset.tolist(), batch.caplen.tolist(), strict=True)
+    ]
+
+
+def drop_privileges(user: str | None) -> str | None:
+    """After the socket is open: become ``user`` (or the sudo caller) if running as root.
+
+    Returns the name of the user now in effect, or None if nothing changed.
+    """
+    if os.geteuid() != 0:
+        return None
+    import pwd
+
+    name = user or os.environ.get("SUDO_USER")
+    if not name or name == "root":
+        return None
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        raise AppsightError(f"--user: no such user {name!r}") from None
+    os.setgroups([])
+    os.setgid(entry.pw_gid)
+    os.setuid(entry.pw_uid)
+    return name
