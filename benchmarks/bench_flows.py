@@ -917,8 +917,8 @@ def observations(results: dict[str, Any]) -> list[str]:
     sorted_values = _find(pipeline_top, "_sorted_values")
     notes.append(
         f"Features ({DEFAULT_FEATURES}) take {100 * spent['features'] / total:.0f}%; the "
-        "largest single item is `groupstats.py:Series._sorted_values` (one `np.lexsort` of "
-        "(values, group) per series, feeding the percentiles, min, max, median and MAD"
+        "largest single item is `groupstats.py:Series._sorted_values` (one sort per series "
+        "by (group, value), feeding the percentiles, min, max, median and MAD"
         + (f"; {sorted_values['tottime']:.2f} s under the profiler" if sorted_values else "")
         + "). Flows (`flows.py:build_flows`) and bursts are small."
     )
@@ -997,13 +997,12 @@ def observations(results: dict[str, Any]) -> list[str]:
             f"capture ({deciles[1][0] / 1024:.0f} MB in the second tenth of the run, "
             f"{deciles[-1][0] / 1024:.0f} MB in the last). The one structure that outlives a "
             "block is the decoder's IP-fragment table (`decode.py:Decoder._attribute_fragments`"
-            ", `self._fragment_ports`, an `OrderedDict` of Python tuples): every first fragment "
-            "adds an entry and none is removed when its datagram's last fragment arrives, so it "
-            f"fills up to its cap, `FRAGMENT_MEMORY` = {fragment_cap:,} datagrams (about "
-            f"{27 * fragment_cap / 65_536:.0f} MB of Python objects when full; the pipeline "
-            f"met {big_rows[0].report.get('fragments', 0):,} "
-            "fragments here) and stops growing there. Memory is bounded, but by that cap plus "
-            "one block, not by the open flows alone."
+            ", `self._fragment_ports`, an `OrderedDict` of Python tuples): a first fragment "
+            "adds an entry, removed when its datagram's last fragment arrives or 30 s of capture "
+            f"time later, and never more than `FRAGMENT_MEMORY` = {fragment_cap:,} datagrams "
+            f"(about {27 * fragment_cap / 65_536:.0f} MB of Python objects when full; the "
+            f"pipeline met {big_rows[0].report.get('fragments', 0):,} fragments here). Whatever "
+            "else grows is the allocator's high-water mark of the largest block so far."
         )
         break
     return notes

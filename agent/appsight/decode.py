@@ -51,7 +51,8 @@ IPV6_EXTENSIONS = (0, 43, 60, 135, 139, 140)
 IPV6_FRAGMENT, IPV6_AH = 44, 51
 PORT_GTP_U, PORT_VXLAN, PORT_CAPWAP_DATA, PORT_TZSP = 2152, 4789, 5247, 37008
 MAX_LAYERS = 12  # nesting limit: fuzzed frames can claim tunnels inside tunnels forever
-FRAGMENT_MEMORY = 65_536  # datagrams whose first fragment is remembered
+FRAGMENT_MEMORY = 65_536  # datagrams whose first fragment is remembered at most
+FRAGMENT_SECONDS = 30  # how long a datagram's later fragments may trail its first
 
 V4_MAPPED = np.uint64(0x0000FFFF00000000)
 
@@ -172,7 +173,7 @@ class Decoder:
     def __init__(self, decapsulate: bool = True) -> None:
         self.decapsulate = decapsulate
         self.stats = DecodeStats()
-        self._fragment_ports: OrderedDict[tuple[int, ...], tuple[int, int]] = OrderedDict()
+        self._fragment_ports: OrderedDict[tuple[int, ...], tuple[int, int, int]] = OrderedDict()
 
     # ------------------------------------------------------------------ link
     def _link_layer(
@@ -370,7 +371,7 @@ class Decoder:
         if frag_state.any():
             self._attribute_fragments(
                 np.flatnonzero(keep & (frag_state != 0)), frag_state, frag_id, proto,
-                (src_hi, src_lo, dst_hi, dst_lo), sport, dport,
+                (src_hi, src_lo, dst_hi, dst_lo), sport, dport, batch.ts_ns,
             )
 
         sel = np.flatnonzero(keep)
@@ -574,23 +575,35 @@ class Decoder:
         return np.where(ok, AT_ETHERNET, AT_NONE), pos
 
     # ------------------------------------------------------------ fragments
-    def _attribute_fragments(self, idx, frag_state, frag_id, proto, addrs, sport, dport) -> None:
-        """Give later fragments the ports of their datagram's first fragment (capture order)."""
+    def _attribute_fragments(
+        self, idx, frag_state, frag_id, proto, addrs, sport, dport, ts_ns
+    ) -> None:
+        """Give later fragments the ports of their datagram's first fragment (capture order).
+
+        A datagram is forgotten when its last fragment arrives, or FRAGMENT_SECONDS after its
+        first (as the Linux kernel gives up reassembly after 30 s), or when FRAGMENT_MEMORY
+        datagrams are waiting: memory stays bounded by the fragments in flight.
+        """
         src_hi, src_lo, dst_hi, dst_lo = addrs
         memory = self._fragment_ports
         self.stats.fragments += len(idx)
         for i in idx.tolist():
             key = (int(src_hi[i]), int(src_lo[i]), int(dst_hi[i]), int(dst_lo[i]),
                    int(proto[i]), int(frag_id[i]))
+            now = int(ts_ns[i])
+            while memory:
+                oldest = next(iter(memory.values()))
+                if now - oldest[2] <= FRAGMENT_SECONDS * 1_000_000_000:
+                    break
+                memory.popitem(last=False)
             if frag_state[i] == 1:
-                memory[key] = (int(sport[i]), int(dport[i]))
+                memory[key] = (int(sport[i]), int(dport[i]), now)
                 memory.move_to_end(key)
                 if len(memory) > FRAGMENT_MEMORY:
                     memory.popitem(last=False)
             else:
-                # The last fragment ends the datagram: forget it (bounded by what is in flight).
-                ports = memory.pop(key, None) if frag_state[i] == 3 else memory.get(key)
-                if ports is None:
+                entry = memory.pop(key, None) if frag_state[i] == 3 else memory.get(key)
+                if entry is None:
                     self.stats.orphan_fragments += 1
                 else:
-                    sport[i], dport[i] = ports
+                    sport[i], dport[i] = entry[0], entry[1]
