@@ -9,6 +9,7 @@ split) with a bound on the leaves per tree, so the model file stays small on lar
 from __future__ import annotations
 
 import time
+import warnings
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -186,13 +187,17 @@ def train_model(
         raise UsageError(f"need at least two apps to tell apart, found {sorted(counts)}")
     started = time.perf_counter()
     forest = make_forest(trees, max_leaves, class_weight, seed, oob=threshold is None)
-    forest.fit(dataset.features, dataset.labels.astype(str))
+    with warnings.catch_warnings():
+        # With few trees some flows are in every tree's sample; they are left out below.
+        warnings.filterwarnings("ignore", message="Some inputs do not have OOB scores")
+        forest.fit(dataset.features, dataset.labels.astype(str))
     seconds = time.perf_counter() - started
     chosen_by = "given"
     if threshold is None:
         oob = np.nan_to_num(forest.oob_decision_function_)
         truth = np.searchsorted(forest.classes_, dataset.labels.astype(str))
-        threshold = choose_threshold(oob, truth)
+        voted = oob.sum(axis=1) > 0  # flows that some tree left out of its sample
+        threshold = choose_threshold(oob[voted], truth[voted]) if voted.any() else 0.5
         chosen_by = "out-of-bag predictions"
         del forest.oob_decision_function_  # training-set data has no place in the model file
     summary = {
