@@ -23,7 +23,7 @@ from .errors import AppsightError, UsageError
 from .features import DEFAULT_FEATURE_SET, FEATURE_SETS, get_feature_set
 from .inputs import expand_captures
 from .labels import LABEL_COLUMNS, LabelTable, rows_from_ndpi
-from .live import InterfaceSource, LiveMeter, drop_privileges, is_interface
+from .live import InterfaceSource, LiveMeter, drop_privileges, is_interface, stop_on_signals
 from .model import load_model
 from .pcapwriter import RotatingPcapWriter
 from .pipeline import CaptureSummary, FlowBlock, PipelineOptions, iter_flow_blocks
@@ -151,6 +151,7 @@ def run_live(
             writer.write(frames)
 
     meter = LiveMeter(options, handle, keep_frames if writer else None)
+    stop_on_signals(meter.stop)
     source = None
     try:
         if source_name == "-":
@@ -158,7 +159,8 @@ def run_live(
         else:
             source = InterfaceSource(source_name, bpf=getattr(args, "bpf", None))
             _report_drops_on_sigusr1(source)
-            dropped = drop_privileges(getattr(args, "user", None))
+            dropped = drop_privileges(getattr(args, "user", None),
+                                      writable=writer.folder if writer else None)
             if dropped:
                 print(f"appsight: running as {dropped}", file=sys.stderr)
             meter.run_interface(source)
@@ -194,16 +196,17 @@ def cmd_capture(args: argparse.Namespace) -> int:
         args.output, linktype=source.linktype, label=args.label,
         rotate_bytes=_megabytes(args.rotate_mb), rotate_seconds=args.rotate_seconds,
     )
-    dropped = drop_privileges(args.user)
+    dropped = drop_privileges(args.user, writable=writer.folder)
     if dropped:
         print(f"appsight: running as {dropped}", file=sys.stderr)
     stop = threading.Event()
+    stop_on_signals(stop)
     deadline = None if args.duration is None else time.monotonic() + args.duration
     print(f"appsight: capturing on {args.interface} into {args.output} (Ctrl-C to stop)",
           file=sys.stderr)
     status = 0
     try:
-        for frames in source.frames(stop):
+        for frames in source.frames(stop):  # after a stop, it drains the socket, then ends
             if args.count is not None:
                 frames = frames[: max(args.count - writer.stats.packets, 0)]
             writer.write(frames)
@@ -211,8 +214,8 @@ def cmd_capture(args: argparse.Namespace) -> int:
             if args.count is not None and writer.stats.packets >= args.count:
                 break
             if deadline is not None and time.monotonic() >= deadline:
-                break
-    except KeyboardInterrupt:
+                stop.set()
+    except KeyboardInterrupt:  # a signal before the handlers were in place
         status = 0
     finally:
         writer.close()

@@ -19,6 +19,7 @@ import contextlib
 import os
 import queue
 import select
+import signal
 import socket
 import struct
 import threading
@@ -87,8 +88,8 @@ class InterfaceSource:
             ) from None
         except OSError as exc:
             raise LiveSourceError(f"{iface}: cannot capture: {exc.strerror or exc}") from None
-        except Scapy_Exception as exc:
-            raise LiveSourceError(f"{iface}: {exc}") from None
+        except (Scapy_Exception, ValueError) as exc:  # ValueError: no such interface
+            raise LiveSourceError(f"{iface}: cannot capture: {exc}") from None
         with contextlib.suppress(OSError):  # a large buffer rides out bursts of traffic
             self.socket.ins.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 20)
         hatype = self.socket.ins.getsockname()[3]
@@ -106,27 +107,39 @@ class InterfaceSource:
         return self.drops
 
     def frames(self, stop: threading.Event) -> Iterator[list[tuple[int, int, bytes]]]:
-        """Lists of (timestamp ns, length, frame), at least every BATCH_SECONDS while busy."""
+        """Lists of (timestamp ns, length, frame), at least every BATCH_SECONDS while busy.
+
+        When ``stop`` is set, what the kernel has already queued on the socket is read and
+        handed on before the generator ends: a stop loses no packet already received.
+        """
         fd = self.socket.ins.fileno()
-        recv = self.socket.recv_raw
         while not stop.is_set():
             ready, _, _ = select.select([fd], [], [], CLOCK_TICK)
             if not ready:
                 yield []
                 continue
-            batch: list[tuple[int, int, bytes]] = []
-            deadline = time.monotonic() + BATCH_SECONDS
-            while len(batch) < BATCH_PACKETS:
-                try:
-                    _, frame, ts = recv(self.snaplen)
-                except OSError as exc:
-                    raise LiveSourceError(f"{self.name}: capture failed: {exc.strerror}") from None
-                if frame is not None:
-                    stamp = round(ts * 1e9) if ts is not None else time.time_ns()
-                    batch.append((stamp, len(frame), frame))
-                if time.monotonic() > deadline or not select.select([fd], [], [], 0)[0]:
-                    break
-            yield batch
+            yield self._read_ready(fd, time.monotonic() + BATCH_SECONDS)
+        while True:  # stopped: drain the socket
+            rest = self._read_ready(fd, None)
+            if not rest:
+                return
+            yield rest
+
+    def _read_ready(self, fd: int, deadline: float | None) -> list[tuple[int, int, bytes]]:
+        """Frames already waiting on the socket (until ``deadline`` or BATCH_PACKETS)."""
+        recv = self.socket.recv_raw
+        batch: list[tuple[int, int, bytes]] = []
+        while len(batch) < BATCH_PACKETS and select.select([fd], [], [], 0)[0]:
+            try:
+                _, frame, ts = recv(self.snaplen)
+            except OSError as exc:
+                raise LiveSourceError(f"{self.name}: capture failed: {exc.strerror}") from None
+            if frame is not None:
+                stamp = round(ts * 1e9) if ts is not None else time.time_ns()
+                batch.append((stamp, len(frame), frame))
+            if deadline is not None and time.monotonic() > deadline:
+                break
+        return batch
 
     def close(self) -> None:
         self.socket.close()
@@ -220,13 +233,20 @@ class LiveMeter:
                                   daemon=True)
         thread.start()
         last_arrival = time.monotonic()
+        stopped_at = 0.0
         try:
             while True:
                 try:
                     item = inbox.get(timeout=CLOCK_TICK)
                 except queue.Empty:
                     item = None
-                except KeyboardInterrupt:  # Ctrl-C or SIGTERM: report what was received
+                    if self.stop.is_set():
+                        stopped_at = stopped_at or time.monotonic()
+                        # An interface source drains and ends; a stream may block in a read.
+                        if not thread.is_alive() or time.monotonic() - stopped_at > 0.5:
+                            break
+                except KeyboardInterrupt:  # Ctrl-C without a handler: report what arrived
+                    self.stop.set()
                     break
                 if item is _END:
                     break
@@ -247,6 +267,15 @@ class LiveMeter:
         finally:
             self.stop.set()
             thread.join(timeout=2)
+        while True:  # what the source handed on before it stopped
+            try:
+                item = inbox.get_nowait()
+            except queue.Empty:
+                break
+            if item is not _END and item is not None and len(item):
+                block = meter.push(item)
+                if block is not None:
+                    self.on_block(block)
         block = meter.close()
         if block is not None:
             self.on_block(block)
@@ -264,10 +293,12 @@ def _batch_frames(batch: RecordBatch) -> list[tuple[int, int, bytes]]:
     ]
 
 
-def drop_privileges(user: str | None) -> str | None:
+def drop_privileges(user: str | None, writable: Path | None = None) -> str | None:
     """After the socket is open: become ``user`` (or the sudo caller) if running as root.
 
-    Returns the name of the user now in effect, or None if nothing changed.
+    ``writable`` is a folder the process must still write to afterwards (capture files): it is
+    handed to that user first. Returns the name of the user now in effect, or None if nothing
+    changed.
     """
     if os.geteuid() != 0:
         return None
@@ -280,7 +311,22 @@ def drop_privileges(user: str | None) -> str | None:
         entry = pwd.getpwnam(name)
     except KeyError:
         raise AppsightError(f"--user: no such user {name!r}") from None
+    if writable is not None:
+        try:
+            os.chown(writable, entry.pw_uid, entry.pw_gid)
+        except OSError as exc:
+            raise AppsightError(f"{writable}: cannot hand it to {name}: {exc.strerror}") from None
     os.setgroups([])
     os.setgid(entry.pw_gid)
     os.setuid(entry.pw_uid)
     return name
+
+
+def stop_on_signals(stop: threading.Event) -> None:
+    """Ctrl-C and SIGTERM set ``stop``: the run ends at its next check, files closed, the
+    socket drained, the open burst reported."""
+    def handler(_signum: int, _frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)

@@ -89,10 +89,22 @@ class RotatingPcapWriter:
 
     def write(self, frames: list[tuple[int, int, bytes]]) -> None:
         """Append frames as (timestamp ns, original length, captured bytes)."""
-        if not frames:
-            return
-        if self._due():
-            self._open_next()
+        while frames:
+            if self._due():
+                self._open_next()
+            cut = len(frames)
+            if self.rotate_bytes is not None:
+                # Split where the file reaches its size: no file passes it by more than a packet.
+                room = self.rotate_bytes - self._file_bytes
+                for k, (_, _, frame) in enumerate(frames):
+                    room -= _RECORD.size + len(frame)
+                    if room <= 0:
+                        cut = k + 1
+                        break
+            self._write_chunk(frames[:cut])
+            frames = frames[cut:]
+
+    def _write_chunk(self, frames: list[tuple[int, int, bytes]]) -> None:
         chunk = bytearray()
         for ts_ns, wirelen, frame in frames:
             seconds, nanos = divmod(ts_ns, 1_000_000_000)
