@@ -37,7 +37,9 @@ from .reader import RecordBatch, read_records
 CLOCK_TICK = 0.1  # seconds between burst-clock checks (the issue allows 0.2)
 BATCH_SECONDS = 0.05  # an interface source hands on what it has at least this often
 BATCH_PACKETS = 4096
+DRAIN_SECONDS = 0.5  # after a stop, how long to keep reading what the kernel had queued
 SOL_PACKET, PACKET_STATISTICS = 263, 6
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 DLT_EN10MB, DLT_RAW = 1, 101
 #: ARPHRD types whose AF_PACKET frames start with an Ethernet header, and those without any.
 ETHERNET_HATYPES = {1, 772}  # Ethernet, loopback
@@ -84,7 +86,7 @@ class InterfaceSource:
         except PermissionError:
             raise LiveSourceError(
                 f"{iface}: capturing needs root or the CAP_NET_RAW capability "
-                "(see 'Running without root' in the README)"
+                "(see docs/live.md, 'Permissions')"
             ) from None
         except OSError as exc:
             raise LiveSourceError(f"{iface}: cannot capture: {exc.strerror or exc}") from None
@@ -92,6 +94,8 @@ class InterfaceSource:
             raise LiveSourceError(f"{iface}: cannot capture: {exc}") from None
         with contextlib.suppress(OSError):  # a large buffer rides out bursts of traffic
             self.socket.ins.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 20)
+            # As root, beyond net.core.rmem_max (which caps SO_RCVBUF, 416 kB by default).
+            self.socket.ins.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 64 << 20)
         hatype = self.socket.ins.getsockname()[3]
         self.linktype = DLT_RAW if hatype in RAW_IP_HATYPES else DLT_EN10MB
 
@@ -110,7 +114,8 @@ class InterfaceSource:
         """Lists of (timestamp ns, length, frame), at least every BATCH_SECONDS while busy.
 
         When ``stop`` is set, what the kernel has already queued on the socket is read and
-        handed on before the generator ends: a stop loses no packet already received.
+        handed on before the generator ends (for at most DRAIN_SECONDS, so that a stop also
+        ends a run while packets keep arriving faster than they are read).
         """
         fd = self.socket.ins.fileno()
         while not stop.is_set():
@@ -119,8 +124,9 @@ class InterfaceSource:
                 yield []
                 continue
             yield self._read_ready(fd, time.monotonic() + BATCH_SECONDS)
-        while True:  # stopped: drain the socket
-            rest = self._read_ready(fd, None)
+        give_up = time.monotonic() + DRAIN_SECONDS
+        while time.monotonic() < give_up:  # stopped: drain the socket
+            rest = self._read_ready(fd, give_up)
             if not rest:
                 return
             yield rest
