@@ -739,6 +739,9 @@ def render(results: dict[str, Any], args: argparse.Namespace) -> str:
         "same core inflates wall times, so the table also gives the CPU time of the measured "
         "part (`process_time`, plus the meter process's CPU for nfstream) and packets per CPU "
         "second, which such contention barely moves.\n")
+    add("Other measurements: live capture and classification rates without loss in "
+        "`docs/live.md`; model training time, size and prediction time in "
+        "`docs/model-speed.md`; accuracy in `docs/accuracy.md`.\n")
     add("## Reproduce\n")
     add("```sh")
     add("make install && .venv/bin/pip install -e '.[test,bench]'   # nfstream, pyarrow")
