@@ -227,22 +227,7 @@ def cmd_capture(args: argparse.Namespace) -> int:
 
 
 def cmd_live(args: argparse.Namespace) -> int:
-    model = load_model(args.model)
-    gap = model.burst_gap if args.burst_gap is None else parse_burst_gap(args.burst_gap)
-    options = PipelineOptions(
-        burst_gap=gap,
-        device=NetworkMatcher.parse(args.device) if args.device else None,
-        decapsulate=not args.no_decap and model.metadata.get("decapsulate", True),
-    )
-    threshold = model.threshold if args.threshold is None else args.threshold
-    out = sys.stdout
-    writer = write_json_lines if args.json else write_report
-
-    def handle(block: FlowBlock) -> None:
-        apps, confidence = model.predict(model.feature_set(block.flows), threshold)
-        writer(block, out, {"app": apps, "confidence": [round(float(c), 4) for c in confidence]})
-        out.flush()
-
+    options, handle = _classifier(args)
     if _is_live(args.captures):
         return run_live(args.captures[0], options, handle, args)
     return run_captures(expand_captures(args.captures), options, handle)
@@ -362,7 +347,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_classify(args: argparse.Namespace) -> int:
+def _classifier(args: argparse.Namespace) -> tuple[PipelineOptions, Callable[[FlowBlock], None]]:
+    """For classify and live: the model's pipeline settings (unless overridden) and a sink
+    that prints each block with the predicted app and confidence of every flow."""
     model = load_model(args.model)
     gap = model.burst_gap if args.burst_gap is None else parse_burst_gap(args.burst_gap)
     options = PipelineOptions(
@@ -371,7 +358,6 @@ def cmd_classify(args: argparse.Namespace) -> int:
         decapsulate=not args.no_decap and model.metadata.get("decapsulate", True),
     )
     threshold = model.threshold if args.threshold is None else args.threshold
-    captures = expand_captures(args.captures)
     out = sys.stdout
     writer = write_json_lines if args.json else write_report
 
@@ -381,7 +367,12 @@ def cmd_classify(args: argparse.Namespace) -> int:
         writer(block, out, extra)
         out.flush()
 
-    return run_captures(captures, options, handle)
+    return options, handle
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    options, handle = _classifier(args)
+    return run_captures(expand_captures(args.captures), options, handle)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -576,6 +567,18 @@ def _probability(text: str) -> float:
     return value
 
 
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    """The options of the commands that classify: pipeline settings (the model's by default),
+    the model, JSON output and the threshold."""
+    _add_pipeline_options(parser)
+    parser.set_defaults(burst_gap=None)
+    parser.add_argument("-m", "--model", required=True, metavar="MODEL", help="model file")
+    parser.add_argument("--json", action="store_true",
+                        help="JSON Lines: the objects of 'flows --json' plus app, confidence")
+    parser.add_argument("--threshold", type=_probability, metavar="P",
+                        help="override the model's confidence threshold")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="appsight",
@@ -687,13 +690,7 @@ def build_parser() -> argparse.ArgumentParser:
         "  appsight classify -m model.skops --json phone.pcap | jq .app",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    _add_pipeline_options(classify)
-    classify.set_defaults(burst_gap=None)
-    classify.add_argument("-m", "--model", required=True, metavar="MODEL", help="model file")
-    classify.add_argument("--json", action="store_true",
-                          help="JSON Lines: the objects of 'flows --json' plus app, confidence")
-    classify.add_argument("--threshold", type=_probability, metavar="P",
-                          help="override the model's confidence threshold")
+    _add_model_options(classify)
     classify.set_defaults(run=cmd_classify)
 
     capture = sub.add_parser(
@@ -731,13 +728,7 @@ def build_parser() -> argparse.ArgumentParser:
         "  ssh gateway tcpdump -U -w - -i eth1 | appsight live - -m model.skops --json",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    _add_pipeline_options(live)
-    live.set_defaults(burst_gap=None)
-    live.add_argument("-m", "--model", required=True, metavar="MODEL", help="model file")
-    live.add_argument("--json", action="store_true",
-                      help="JSON Lines: the objects of 'flows --json' plus app, confidence")
-    live.add_argument("--threshold", type=_probability, metavar="P",
-                      help="override the model's confidence threshold")
+    _add_model_options(live)
     live.add_argument("--bpf", metavar="FILTER", help="capture filter (tcpdump syntax)")
     live.add_argument("--write-pcap", metavar="DIR", help="also keep the packets, as pcap files")
     live.add_argument("--rotate-mb", type=float, metavar="MB", help="with --write-pcap")
