@@ -26,7 +26,7 @@ from .labels import LABEL_COLUMNS, LabelTable, rows_from_ndpi
 from .live import InterfaceSource, LiveMeter, drop_privileges, is_interface, stop_on_signals
 from .model import load_model
 from .pcapwriter import RotatingPcapWriter
-from .pipeline import CaptureSummary, FlowBlock, PipelineOptions, iter_flow_blocks
+from .pipeline import FlowBlock, PipelineOptions, iter_flow_blocks
 from .progress import Progress
 from .report import flow_records, write_json_lines, write_report
 from .tables import FeatureTableWriter
@@ -89,17 +89,12 @@ def run_captures(
     status = 0
     progress = Progress(len(captures))
 
-    def summary(s: CaptureSummary) -> None:
-        progress.capture_done(s.packets, s.flows)
-        warning = s.warning()
-        if warning:
-            progress.clear()
-            print(f"appsight: warning: {warning}", file=sys.stderr)
-
     try:
         for capture in captures:
             try:
-                for block in iter_flow_blocks(capture, options, summary, progress.update):
+                for block in iter_flow_blocks(
+                    capture, options, progress.capture_finished, progress.update
+                ):
                     handle(block)
             except AppsightError as exc:
                 progress.clear()
@@ -314,15 +309,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"appsight: reading {len(sources)} captures ({feature_set.tag} features)",
           file=sys.stderr)
 
-    def summary(s: CaptureSummary) -> None:
-        progress.capture_done(s.packets, s.flows)
-        warning = s.warning()
-        if warning:
-            progress.clear()
-            print(f"appsight: warning: {warning}", file=sys.stderr)
-
     try:
-        dataset = build_dataset(sources, labels, feature_set, options, flow_filter, summary)
+        dataset = build_dataset(
+            sources, labels, feature_set, options, flow_filter, progress.capture_finished
+        )
     finally:
         progress.clear()
     counts = dataset.class_counts()
@@ -429,19 +419,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     flow_filter = FlowFilter(drop_background=args.drop_background, min_packets=args.min_packets)
     progress = Progress(len(sources) + len(test_sources))
 
-    def summary(s: CaptureSummary) -> None:
-        progress.capture_done(s.packets, s.flows)
-        warning = s.warning()
-        if warning:
-            progress.clear()
-            print(f"appsight: warning: {warning}", file=sys.stderr)
-
     print(f"appsight: reading {len(sources) + len(test_sources)} captures "
           f"({feature_set.tag} features)", file=sys.stderr)
     try:
-        train = build_dataset(sources, labels, feature_set, options, flow_filter, summary)
+        train = build_dataset(
+            sources, labels, feature_set, options, flow_filter, progress.capture_finished
+        )
         test = (build_dataset(test_sources, test_labels, feature_set, options, flow_filter,
-                              summary) if test_sources else None)
+                              progress.capture_finished) if test_sources else None)
     finally:
         progress.clear()
     if len(train) == 0:
@@ -567,6 +552,22 @@ def _probability(text: str) -> float:
     return value
 
 
+def _add_forest_options(parser: argparse.ArgumentParser) -> None:
+    """What train and evaluate share: the feature set, which flows count, the forest's size."""
+    parser.add_argument("--features", default=DEFAULT_FEATURE_SET, metavar="SET",
+                        help=f"feature set: {', '.join(FEATURE_SETS)} "
+                        f"(default {DEFAULT_FEATURE_SET})")
+    parser.add_argument("--drop-background", action="store_true",
+                        help="leave out DNS, DHCP, NTP, NetBIOS, SSDP, mDNS and LLMNR flows")
+    parser.add_argument("--min-packets", type=int, default=1, metavar="N",
+                        help="leave out flows with fewer packets (default 1)")
+    parser.add_argument("--trees", type=int, default=150, metavar="N",
+                        help="trees in each forest (default 150)")
+    parser.add_argument("--max-leaves", type=int, default=2048, metavar="N",
+                        help="leaves per tree at most, bounds the model size (default 2048; "
+                        "0: unbounded)")
+
+
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
     """The options of the commands that classify: pipeline settings (the model's by default),
     the model, JSON output and the threshold."""
@@ -661,18 +662,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("-o", "--output", required=True, metavar="MODEL",
                        help="where to write the model")
     train.add_argument("--labels", metavar="CSV", help="labels file (see 'appsight labels')")
-    train.add_argument("--features", default=DEFAULT_FEATURE_SET, metavar="SET",
-                       help=f"feature set: {', '.join(FEATURE_SETS)} "
-                       f"(default {DEFAULT_FEATURE_SET})")
-    train.add_argument("--drop-background", action="store_true",
-                       help="leave out DNS, DHCP, NTP, NetBIOS, SSDP, mDNS and LLMNR flows")
-    train.add_argument("--min-packets", type=int, default=1, metavar="N",
-                       help="leave out flows with fewer packets (default 1)")
-    train.add_argument("--trees", type=int, default=150, metavar="N",
-                       help="trees in the forest (default 150)")
-    train.add_argument("--max-leaves", type=int, default=2048, metavar="N",
-                       help="leaves per tree at most, bounds the model size (default 2048; "
-                       "0: unbounded)")
+    _add_forest_options(train)
     train.add_argument("--class-weight", choices=("none", "balanced", "balanced_subsample"),
                        default="none", help="weigh rare apps up (default none)")
     train.add_argument("--threshold", type=_probability, metavar="P",
@@ -757,9 +747,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pipeline_options(evaluate)
     evaluate.add_argument("--labels", metavar="CSV",
                           help="labels file (default: folders DIR/<app>/*.pcap name the app)")
-    evaluate.add_argument("--features", default=DEFAULT_FEATURE_SET, metavar="SET",
-                          help=f"feature set: {', '.join(FEATURE_SETS)} "
-                          f"(default {DEFAULT_FEATURE_SET})")
+    _add_forest_options(evaluate)
     evaluate.add_argument("--folds", type=int, default=5, metavar="K",
                           help="cross-validation folds (default 5)")
     evaluate.add_argument("--test", nargs="+", metavar="INPUT",
@@ -780,15 +768,6 @@ def build_parser() -> argparse.ArgumentParser:
                           "overlapping captures count once (default 1)")
     evaluate.add_argument("-o", "--output", metavar="DIR",
                           help="results folder (default results/evaluate-<timestamp>)")
-    evaluate.add_argument("--drop-background", action="store_true",
-                          help="leave out DNS, DHCP, NTP, NetBIOS, SSDP, mDNS and LLMNR flows")
-    evaluate.add_argument("--min-packets", type=int, default=1, metavar="N",
-                          help="leave out flows with fewer packets (default 1)")
-    evaluate.add_argument("--trees", type=int, default=150, metavar="N",
-                          help="trees in each forest (default 150)")
-    evaluate.add_argument("--max-leaves", type=int, default=2048, metavar="N",
-                          help="leaves per tree at most, as in 'train' (default 2048; "
-                          "0: unbounded)")
     evaluate.add_argument("--seed", type=int, default=0,
                           help="random seed of the folds and forests (default 0)")
     evaluate.add_argument("--json", action="store_true",

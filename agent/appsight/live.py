@@ -67,8 +67,6 @@ _END = object()
 class InterfaceSource:
     """Frames of one network interface, as record batches, from a background thread."""
 
-    clock = "packet"
-
     def __init__(self, iface: str, bpf: str | None = None, snaplen: int = 262_144) -> None:
         import logging
 
@@ -206,10 +204,9 @@ class LiveMeter:
         finally:
             out.put(_END)
 
-    def _produce_stream(self, path: str, out: queue.Queue, holder: dict) -> None:
+    def _produce_stream(self, path: str, out: queue.Queue) -> None:
         try:
             with read_records(path) as reader:
-                holder["reader"] = reader
                 for batch in reader:
                     if self.stop.is_set():
                         break
@@ -227,9 +224,8 @@ class LiveMeter:
                          lambda q: self._produce_interface(source, q))
 
     def run_stream(self, path: str) -> FlowMeter:
-        holder: dict = {}
         name = "stdin" if path == "-" else Path(path).name
-        return self._run(name, "arrival", lambda q: self._produce_stream(path, q, holder))
+        return self._run(name, "arrival", lambda q: self._produce_stream(path, q))
 
     def _run(self, name: str, clock: str, produce: Callable[[queue.Queue], None]) -> FlowMeter:
         meter = FlowMeter(name, self.options)

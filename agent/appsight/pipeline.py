@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -58,7 +58,6 @@ class CaptureSummary:
     packets: int = 0
     bursts: int = 0
     flows: int = 0
-    problems: list[str] = field(default_factory=list)
 
     def warning(self) -> str | None:
         """One line naming everything that was skipped or odd, or None if all was clean."""

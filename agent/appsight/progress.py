@@ -6,6 +6,7 @@ import sys
 import time
 from typing import IO
 
+from .pipeline import CaptureSummary
 from .reader import CaptureReader
 
 
@@ -38,6 +39,14 @@ class Progress:
             f"[{self.done + 1}/{self.total}] {reader.name}{share}  "
             f"{self.packets + reader.stats.records:,} packets  {rate:,.0f}/s"
         )
+
+    def capture_finished(self, summary: CaptureSummary) -> None:
+        """Count a finished capture and print its warning line, if it has one."""
+        self.capture_done(summary.packets, summary.flows)
+        warning = summary.warning()
+        if warning:
+            self.clear()
+            print(f"appsight: warning: {warning}", file=sys.stderr)
 
     def capture_done(self, packets: int, flows: int) -> None:
         self.done += 1
