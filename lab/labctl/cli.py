@@ -1,0 +1,84 @@
+"""The ``labctl`` command: the appsight lab emulated on one Linux host, for hosts without VMs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from labctl.config import HOST_NAMES, find_config, load_config
+from labctl.errors import LabError
+from labctl.lab import Lab
+from labctl.sshfiles import ssh_config_text
+
+_DESCRIPTION = """\
+The appsight lab emulated with network namespaces, for Linux hosts without virtualisation.
+It builds the topology of lab/lab.yml: 'gateway' (internal and uplink interfaces), 'phone'
+(a DHCP client standing in for the Android VM) and 'upstream' (standing in for the
+Internet), each a Debian root filesystem with its own sshd. The same Ansible playbooks and
+testinfra suite as for the Vagrant lab then run against it. Needs root."""
+
+_EPILOG = """\
+typical session:
+  sudo labctl up                      # about 10 s (a minute more the first time)
+  cd ansible && ansible-playbook -i ../.lab/inventory.ini site.yml
+  ssh -F .lab/ssh_config gateway      # look around
+  sudo labctl reboot gateway          # state must come back from its persisted files
+  sudo labctl down                    # leaves nothing behind
+
+files: .lab/ssh_config and .lab/inventory.ini (next to lab/), logs in .lab/logs/;
+the root filesystem is cached in emulated.cache_dir of lab.yml."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="labctl", description=_DESCRIPTION, epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--config", type=Path, metavar="LAB_YML",
+                        help="the lab's parameter file (default: lab/lab.yml of this "
+                             "repository, or $APPSIGHT_LAB_CONFIG)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser("up", help="build and boot the lab (idempotent when it is up)")
+    commands.add_parser("down", help="stop every host and remove all the lab made")
+    commands.add_parser("status", help="each host's state; exit 0 only when all run")
+    commands.add_parser("ssh-config", help="print the ssh_config that reaches the hosts")
+    reboot = commands.add_parser(
+        "reboot", help="power-cycle a host: runtime state lost, its disk kept")
+    reboot.add_argument("host", choices=HOST_NAMES)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config_path = args.config.resolve() if args.config else find_config()
+        config = load_config(config_path)
+        lab = Lab(config, state_dir=config_path.parent.parent / ".lab")
+        return _dispatch(args, lab)
+    except LabError as exc:
+        print(f"labctl: error: {exc}", file=sys.stderr)
+        return exc.exit_status
+    except KeyboardInterrupt:
+        print("labctl: interrupted", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args: argparse.Namespace, lab: Lab) -> int:
+    if args.command == "up":
+        lab.up()
+    elif args.command == "down":
+        lab.down()
+        left = lab.leftovers()
+        if left:
+            raise LabError(f"down left {', '.join(left)}")
+    elif args.command == "reboot":
+        lab.reboot(args.host)
+    elif args.command == "status":
+        rows = lab.status()
+        for name, state, address in rows:
+            print(f"{name:<10} {address:<15} {state}")
+        return 0 if all(state == "running" for _, state, _ in rows) else 1
+    elif args.command == "ssh-config":
+        print(ssh_config_text(lab.state_dir, lab.config), end="")
+    return 0

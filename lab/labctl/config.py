@@ -1,0 +1,175 @@
+"""The lab's parameters, read from ``lab/lab.yml`` and checked once, at the start.
+
+Everything the emulated lab builds is derived here from that one file: namespace names,
+addresses, the management links. A missing or malformed value is a one-line
+:class:`~labctl.errors.LabError` naming the key, never a traceback halfway through ``up``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from labctl.errors import LabError
+
+#: The lab's hosts, in the order they boot. ``upstream`` stands in for the Internet.
+HOST_NAMES = ("upstream", "gateway", "phone")
+
+#: Packages of the root filesystem every emulated host shares. The gateway needs the
+#: routing and DHCP tools and Python for Ansible and the agent; the phone and upstream need
+#: a DHCP client and servers, which busybox, curl and openssl give.
+ROOTFS_PACKAGES = (
+    "openssh-server", "python3", "python3-venv", "iptables", "busybox", "iproute2", "procps",
+    "curl", "sudo", "ca-certificates", "openssl", "tcpdump",
+)
+
+_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+_PREFIX = re.compile(r"^[a-z][a-z0-9-]{0,9}$")
+
+
+@dataclass(frozen=True)
+class ManagementLink:
+    """A point-to-point link from the host's own namespace to one lab host, for SSH only."""
+
+    host_side: str  # interface name in the host's namespace
+    host_address: ipaddress.IPv4Interface
+    lab_address: ipaddress.IPv4Interface
+
+
+@dataclass(frozen=True)
+class LabConfig:
+    """The parameters labctl uses, derived from lab.yml."""
+
+    source: Path
+    subnet: ipaddress.IPv4Network
+    gateway_address: ipaddress.IPv4Address
+    gateway_lan_mac: str
+    uplink_subnet: ipaddress.IPv4Network
+    uplink_gateway_address: ipaddress.IPv4Address
+    upstream_address: ipaddress.IPv4Address
+    management_subnet: ipaddress.IPv4Network
+    namespace_prefix: str
+    suite: str
+    mirror: str
+    cache_dir: Path
+
+    def namespace(self, host: str) -> str:
+        """The network namespace of ``host``."""
+        return f"{self.namespace_prefix}{host}"
+
+    def management(self, host: str) -> ManagementLink:
+        """The management link of ``host``: the i-th /30 of the management subnet."""
+        block = list(self.management_subnet.subnets(new_prefix=30))[HOST_NAMES.index(host)]
+        first, second = block[1], block[2]
+        return ManagementLink(
+            host_side=f"{self.namespace_prefix.rstrip('-')[:6]}-{host}"[:15],
+            host_address=ipaddress.IPv4Interface(f"{first}/30"),
+            lab_address=ipaddress.IPv4Interface(f"{second}/30"),
+        )
+
+
+def find_config(start: Path | None = None) -> Path:
+    """The lab.yml to use: ``$APPSIGHT_LAB_CONFIG``, else ``lab/lab.yml`` above ``start``."""
+    if os.environ.get("APPSIGHT_LAB_CONFIG"):
+        return Path(os.environ["APPSIGHT_LAB_CONFIG"]).resolve()
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        candidate = folder / "lab" / "lab.yml"
+        if candidate.is_file():
+            return candidate
+    packaged = Path(__file__).resolve().parent.parent / "lab.yml"
+    if packaged.is_file():
+        return packaged
+    raise LabError("no lab/lab.yml here or above; run labctl in the repository or set "
+                   "APPSIGHT_LAB_CONFIG")
+
+
+def load_config(path: Path) -> LabConfig:
+    """Read and check lab.yml."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LabError(f"cannot read {path}: {exc}") from exc
+    except yaml.YAMLError as exc:
+        raise LabError(f"{path} is not valid YAML: {exc}".replace("\n", " ")) from exc
+    if not isinstance(data, dict):
+        raise LabError(f"{path}: expected a mapping at the top level")
+    reader = _Reader(path, data)
+    subnet = reader.network("network.subnet")
+    gateway_address = reader.address("network.gateway_address")
+    if gateway_address not in subnet:
+        raise LabError(f"{path}: network.gateway_address {gateway_address} is not in {subnet}")
+    uplink_subnet = reader.network("emulated.uplink_subnet")
+    uplink_gateway = reader.address("emulated.uplink_gateway_address")
+    upstream = reader.address("emulated.upstream_address")
+    for key, value in (("emulated.uplink_gateway_address", uplink_gateway),
+                       ("emulated.upstream_address", upstream)):
+        if value not in uplink_subnet:
+            raise LabError(f"{path}: {key} {value} is not in {uplink_subnet}")
+    management = reader.network("emulated.management_subnet")
+    if management.prefixlen > 30 or len(HOST_NAMES) > 2 ** (30 - management.prefixlen):
+        raise LabError(f"{path}: emulated.management_subnet {management} is too small for "
+                       f"a /30 per host")
+    for name, net in (("network.subnet", subnet), ("emulated.uplink_subnet", uplink_subnet)):
+        if management.overlaps(net):
+            raise LabError(f"{path}: emulated.management_subnet overlaps {name}")
+    mac = reader.string("network.gateway_lan_mac").lower()
+    if not _MAC.match(mac):
+        raise LabError(f"{path}: network.gateway_lan_mac {mac!r} is not a MAC address")
+    prefix = reader.string("emulated.namespace_prefix")
+    if not _PREFIX.match(prefix.rstrip("-")):
+        raise LabError(f"{path}: emulated.namespace_prefix must be a short lower-case name")
+    return LabConfig(
+        source=path,
+        subnet=subnet,
+        gateway_address=gateway_address,
+        gateway_lan_mac=mac,
+        uplink_subnet=uplink_subnet,
+        uplink_gateway_address=uplink_gateway,
+        upstream_address=upstream,
+        management_subnet=management,
+        namespace_prefix=prefix,
+        suite=reader.string("emulated.suite"),
+        mirror=reader.string("emulated.mirror"),
+        cache_dir=Path(reader.string("emulated.cache_dir")),
+    )
+
+
+class _Reader:
+    """Typed access to dotted keys of lab.yml, with errors that name the key."""
+
+    def __init__(self, path: Path, data: dict[str, Any]) -> None:
+        self.path = path
+        self.data = data
+
+    def value(self, key: str) -> Any:
+        node: Any = self.data
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                raise LabError(f"{self.path}: {key} is missing")
+            node = node[part]
+        return node
+
+    def string(self, key: str) -> str:
+        value = self.value(key)
+        if not isinstance(value, str) or not value:
+            raise LabError(f"{self.path}: {key} must be a non-empty string")
+        return value
+
+    def address(self, key: str) -> ipaddress.IPv4Address:
+        try:
+            return ipaddress.IPv4Address(self.string(key))
+        except ValueError as exc:
+            raise LabError(f"{self.path}: {key}: {exc}") from exc
+
+    def network(self, key: str) -> ipaddress.IPv4Network:
+        try:
+            return ipaddress.IPv4Network(self.string(key))
+        except ValueError as exc:
+            raise LabError(f"{self.path}: {key}: {exc}") from exc

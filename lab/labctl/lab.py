@@ -1,0 +1,250 @@
+"""The emulated lab as a whole: bring it up, reboot a host, report its state, tear it down.
+
+Topology (from lab.yml)::
+
+    host namespace ── mgmt0 (SSH only, one /30 per host) ──┬──────────────┬─────────────┐
+                                                     upstream        gateway          phone
+                       uplink subnet:  uplink0 ───────── uplink0
+                       internal subnet:                     lan0 (MAC) ──── lan0 (DHCP)
+
+labctl plays the hypervisor: it creates the namespaces and links, gives the gateway's
+uplink its address and default route (a provider's NAT network does that with DHCP), and
+boots each host. Everything the gateway does on top of that (its internal address,
+forwarding, NAT, the firewall, DHCP) is the Ansible role's job.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from labctl.config import HOST_NAMES, LabConfig
+from labctl.errors import LabError
+from labctl.guest import GATEWAY_LAN, PHONE_LAN, UPLINK, write_guest_files
+from labctl.hosts import Host, namespace_pids, processes_named, wait_for_port
+from labctl.rootfs import ensure_rootfs
+from labctl.sshfiles import close_connections, ensure_key, write_inventory, write_ssh_config
+
+_REQUIRED_TOOLS = ("ip", "unshare", "ssh", "ssh-keygen", "debootstrap")
+_SSH_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True)
+class Link:
+    """A veth pair between two hosts."""
+
+    a: str
+    a_interface: str
+    b: str
+    b_interface: str
+    a_mac: str | None = None
+
+
+class Lab:
+    """The emulated lab described by ``config``, with its state under ``state_dir``."""
+
+    def __init__(self, config: LabConfig, state_dir: Path) -> None:
+        self.config = config
+        self.state_dir = state_dir
+        self.hosts = {name: Host(name, config.namespace(name), state_dir / "hosts" / name)
+                      for name in HOST_NAMES}
+        self.links = (
+            Link("gateway", UPLINK, "upstream", UPLINK),
+            Link("gateway", GATEWAY_LAN, "phone", PHONE_LAN, a_mac=config.gateway_lan_mac),
+        )
+
+    @property
+    def log_dir(self) -> Path:
+        return self.state_dir / "logs"
+
+    # -- the commands --------------------------------------------------------------------
+
+    def up(self) -> None:
+        """Build and boot the whole lab; on any failure, tear down what was built."""
+        _check_host()
+        if any(self._namespace_exists(host) for host in self.hosts.values()):
+            if all(host.running() for host in self.hosts.values()):
+                print("labctl: the lab is already up", file=sys.stderr)
+                return
+            raise LabError("a part of the lab is left from an earlier run: "
+                           "run 'labctl down' first")
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        lower = ensure_rootfs(self.config, self.log_dir / "debootstrap.log")
+        public_key = ensure_key(self.state_dir)
+        try:
+            for host in self.hosts.values():
+                host.prepare()
+                write_guest_files(self.config, host.name, host.upper, public_key)
+                self._create_namespace(host)
+            for link in self.links:
+                self._create_link(link)
+            for name in HOST_NAMES:
+                self._start(name, lower)
+            write_ssh_config(self.state_dir, self.config)
+            write_inventory(self.state_dir)
+            for name in HOST_NAMES:
+                self._wait_ready(name)
+        except BaseException:
+            self.down()
+            raise
+        _note(f"up: {', '.join(HOST_NAMES)}; ssh -F {self.state_dir / 'ssh_config'} gateway")
+
+    def reboot(self, name: str) -> None:
+        """Power-cycle one host: all runtime state is lost, its disk (overlay) is kept."""
+        if name not in self.hosts:
+            raise LabError(f"no host {name!r}; the hosts are {', '.join(HOST_NAMES)}")
+        host = self.hosts[name]
+        if not self._namespace_exists(host):
+            raise LabError("the lab is not up: run 'labctl up' first")
+        lower = ensure_rootfs(self.config, self.log_dir / "debootstrap.log")
+        host.stop()
+        # Deleting the namespace drops its addresses, routes, firewall and sysctls, and
+        # its ends of the links, as powering off a machine does.
+        _run("ip", "netns", "delete", host.namespace)
+        self._create_namespace(host)
+        for link in self.links:
+            if name in (link.a, link.b):
+                self._create_link(link)
+        self._start(name, lower)
+        self._wait_ready(name)
+        if name != "phone":
+            self._replug_phone()
+        _note(f"rebooted {name}")
+
+    def down(self) -> None:
+        """Stop every host and remove the namespaces, links and host disks."""
+        close_connections(self.state_dir)
+        for host in self.hosts.values():
+            host.stop()
+            if self._namespace_exists(host):
+                _run("ip", "netns", "delete", host.namespace)
+            # The host's end of the management link goes with the namespace, a moment
+            # later; delete it if it is still there (and ignore it vanishing meanwhile).
+            link = self.config.management(host.name).host_side
+            subprocess.run(["ip", "link", "delete", link], capture_output=True, check=False)
+        shutil.rmtree(self.state_dir / "hosts", ignore_errors=True)
+        for name in ("ssh_config", "inventory.ini", "known_hosts"):
+            (self.state_dir / name).unlink(missing_ok=True)
+
+    def status(self) -> list[tuple[str, str, str]]:
+        """One row per host: name, state, management address."""
+        rows = []
+        for name, host in self.hosts.items():
+            address = str(self.config.management(name).lab_address.ip)
+            if not self._namespace_exists(host):
+                state = "down"
+            elif not host.running():
+                state = "stopped (namespace left: run 'labctl down')"
+            else:
+                state = "running"
+            rows.append((name, state, address))
+        return rows
+
+    def leftovers(self) -> list[str]:
+        """What of the lab still exists on the host: empty once 'down' has run."""
+        found = []
+        for host in self.hosts.values():
+            if self._namespace_exists(host):
+                found.append(f"namespace {host.namespace}")
+            if namespace_pids(host.namespace):
+                found.append(f"processes in {host.namespace}")
+            if host.folder.exists():
+                found.append(f"disk {host.folder}")
+            link = self.config.management(host.name).host_side
+            if Path(f"/sys/class/net/{link}").exists():
+                found.append(f"link {link}")
+        mounts = Path("/proc/self/mountinfo").read_text()
+        if str(self.state_dir) in mounts:
+            found.append(f"mounts under {self.state_dir}")
+        return found
+
+    # -- the steps -----------------------------------------------------------------------
+
+    def _namespace_exists(self, host: Host) -> bool:
+        return Path("/run/netns", host.namespace).exists()
+
+    def _create_namespace(self, host: Host) -> None:
+        management = self.config.management(host.name)
+        _run("ip", "netns", "add", host.namespace)
+        _run("ip", "-n", host.namespace, "link", "set", "lo", "up")
+        _run("ip", "link", "add", management.host_side, "type", "veth",
+             "peer", "name", "mgmt0", "netns", host.namespace)
+        _run("ip", "addr", "add", str(management.host_address), "dev", management.host_side)
+        _run("ip", "link", "set", management.host_side, "up")
+        _run("ip", "-n", host.namespace, "addr", "add", str(management.lab_address),
+             "dev", "mgmt0")
+        _run("ip", "-n", host.namespace, "link", "set", "mgmt0", "up")
+
+    def _create_link(self, link: Link) -> None:
+        a, b = self.hosts[link.a].namespace, self.hosts[link.b].namespace
+        command = ["ip", "-n", a, "link", "add", link.a_interface]
+        if link.a_mac:
+            command += ["address", link.a_mac]
+        _run(*command, "type", "veth", "peer", "name", link.b_interface, "netns", b)
+        _run("ip", "-n", a, "link", "set", link.a_interface, "up")
+        _run("ip", "-n", b, "link", "set", link.b_interface, "up")
+        if {link.a, link.b} == {"gateway", "upstream"}:
+            self._address_uplink()
+
+    def _address_uplink(self) -> None:
+        """What the provider's NAT network gives the gateway, and the Internet's side."""
+        config = self.config
+        prefix = config.uplink_subnet.prefixlen
+        gateway, upstream = config.namespace("gateway"), config.namespace("upstream")
+        _run("ip", "-n", gateway, "addr", "add", f"{config.uplink_gateway_address}/{prefix}",
+             "dev", UPLINK)
+        _run("ip", "-n", gateway, "route", "add", "default", "via",
+             str(config.upstream_address))
+        if not _has_address(upstream, UPLINK):
+            _run("ip", "-n", upstream, "addr", "add", f"{config.upstream_address}/{prefix}",
+                 "dev", UPLINK)
+        # The Internet side knows the way to the internal network: only the gateway's
+        # firewall may keep it out, which is what the security tests check.
+        _run("ip", "-n", upstream, "route", "replace", str(config.subnet), "via",
+             str(config.uplink_gateway_address))
+
+    def _start(self, name: str, lower: Path) -> None:
+        self.hosts[name].boot(lower, self.log_dir / f"{name}.log")
+
+    def _wait_ready(self, name: str) -> None:
+        address = str(self.config.management(name).lab_address.ip)
+        try:
+            wait_for_port(address, 22, _SSH_TIMEOUT)
+        except LabError as exc:
+            raise LabError(f"{name} did not boot: {exc}; see "
+                           f"{self.log_dir / (name + '.log')}") from exc
+
+    def _replug_phone(self) -> None:
+        """The phone's link went down and up: its DHCP client starts over, as Android's."""
+        for pid in processes_named(self.config.namespace("phone"), "udhcpc"):
+            _run("kill", str(pid))
+
+
+def _has_address(namespace: str, interface: str) -> bool:
+    done = subprocess.run(["ip", "-n", namespace, "-4", "-o", "addr", "show", "dev", interface],
+                          capture_output=True, text=True, check=False)
+    return bool(done.stdout.strip())
+
+
+def _check_host() -> None:
+    if os.geteuid() != 0:
+        raise LabError("the emulated lab needs root (namespaces, veth pairs, mounts): "
+                       "run labctl with sudo")
+    missing = [tool for tool in _REQUIRED_TOOLS if shutil.which(tool) is None]
+    if missing:
+        raise LabError(f"missing on this host: {', '.join(missing)} "
+                       "(apt-get install iproute2 util-linux openssh-client debootstrap)")
+
+
+def _run(*command: str) -> None:
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise LabError(f"{' '.join(command)}: {done.stderr.strip() or 'failed'}")
+
+
+def _note(text: str) -> None:
+    print(f"labctl: {text}", file=sys.stderr, flush=True)

@@ -1,0 +1,88 @@
+"""How Ansible, testinfra and people reach the emulated hosts: a key, ssh_config, inventory.
+
+``.lab/ssh_config`` names the hosts ``gateway``, ``phone`` and ``upstream`` exactly as
+``vagrant ssh-config`` would, so ``ssh -F .lab/ssh_config gateway`` and
+``pytest --ssh-config=.lab/ssh_config`` work the same for both labs. Connections are shared
+(ControlMaster), which makes a testinfra suite several times faster. Host keys are not
+checked: the hosts are made anew at every ``up``.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from labctl.config import HOST_NAMES, LabConfig
+from labctl.errors import LabError
+
+KEY_NAME = "id_ed25519"
+
+#: Inventory groups, the same as the Vagrantfile's Ansible provisioner uses.
+GROUPS = {"gateway": "gateways", "phone": "phones", "upstream": "upstreams"}
+
+
+def ensure_key(state_dir: Path) -> str:
+    """The lab's SSH public key, made on first use."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    key = state_dir / KEY_NAME
+    if not key.exists():
+        done = subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "appsight-lab", "-f", str(key)],
+            capture_output=True, text=True, check=False,
+        )
+        if done.returncode != 0:
+            raise LabError(f"ssh-keygen failed: {done.stderr.strip()}")
+    return (state_dir / f"{KEY_NAME}.pub").read_text()
+
+
+def ssh_config_text(state_dir: Path, config: LabConfig) -> str:
+    """The ssh_config that reaches every lab host by name."""
+    blocks = []
+    for name in HOST_NAMES:
+        blocks.append(
+            f"Host {name}\n"
+            f"  HostName {config.management(name).lab_address.ip}\n"
+            f"  User root\n"
+            f"  IdentityFile {state_dir / KEY_NAME}\n"
+            f"  IdentitiesOnly yes\n"
+            f"  StrictHostKeyChecking no\n"
+            f"  UserKnownHostsFile /dev/null\n"
+            f"  LogLevel ERROR\n"
+            f"  ControlMaster auto\n"
+            f"  ControlPath {state_dir}/cm-%r@%h:%p\n"
+            f"  ControlPersist 60s\n"
+        )
+    return "\n".join(blocks)
+
+
+def write_ssh_config(state_dir: Path, config: LabConfig) -> Path:
+    path = state_dir / "ssh_config"
+    path.write_text(ssh_config_text(state_dir, config))
+    return path
+
+
+def write_inventory(state_dir: Path) -> Path:
+    """An Ansible inventory of the lab: one group per role, SSH through ssh_config."""
+    lines = []
+    for name in HOST_NAMES:
+        lines += [f"[{GROUPS[name]}]", name, ""]
+    lines += [
+        "[all:vars]",
+        "ansible_user=root",
+        f"ansible_ssh_common_args='-F {state_dir / 'ssh_config'}'",
+        "ansible_python_interpreter=/usr/bin/python3",
+        "",
+    ]
+    path = state_dir / "inventory.ini"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def close_connections(state_dir: Path) -> None:
+    """End the shared SSH connections (ControlMaster processes) to the lab's hosts."""
+    config = state_dir / "ssh_config"
+    if not config.exists():
+        return
+    for name in HOST_NAMES:
+        subprocess.run(["ssh", "-F", str(config), "-O", "exit", name],
+                       capture_output=True, timeout=10, check=False)
