@@ -22,3 +22,11 @@ def shared_data() -> Path:
     if not (path / "ndpi").is_dir():
         pytest.skip(f"third-party captures not found at {path} (set APPSIGHT_DATA)")
     return path
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--lab", metavar="SSH_CONFIG", default=None,
+        help="run the lab's testinfra suite (tests/infra) against the hosts of this ssh_config "
+             "(for the emulated lab: .lab/ssh_config; for Vagrant: vagrant ssh-config > FILE)",
+    )

@@ -50,6 +50,9 @@ class LabConfig:
     subnet: ipaddress.IPv4Network
     gateway_address: ipaddress.IPv4Address
     gateway_lan_mac: str
+    dhcp_range: tuple[ipaddress.IPv4Address, ipaddress.IPv4Address]
+    dns: tuple[ipaddress.IPv4Address, ...]
+    lease_seconds: int
     uplink_subnet: ipaddress.IPv4Network
     uplink_gateway_address: ipaddress.IPv4Address
     upstream_address: ipaddress.IPv4Address
@@ -105,6 +108,17 @@ def load_config(path: Path) -> LabConfig:
     gateway_address = reader.address("network.gateway_address")
     if gateway_address not in subnet:
         raise LabError(f"{path}: network.gateway_address {gateway_address} is not in {subnet}")
+    dhcp_range = reader.addresses("network.dhcp_range")
+    if len(dhcp_range) != 2 or dhcp_range[0] > dhcp_range[1]:
+        raise LabError(f"{path}: network.dhcp_range must be [first, last]")
+    if any(address not in subnet for address in dhcp_range) or (
+            dhcp_range[0] <= gateway_address <= dhcp_range[1]):
+        raise LabError(f"{path}: network.dhcp_range must lie in {subnet} and leave out "
+                       f"the gateway's address")
+    lease_seconds = reader.value("network.lease_seconds")
+    if not isinstance(lease_seconds, int) or isinstance(lease_seconds, bool) or \
+            lease_seconds < 60:
+        raise LabError(f"{path}: network.lease_seconds must be a whole number >= 60")
     uplink_subnet = reader.network("emulated.uplink_subnet")
     uplink_gateway = reader.address("emulated.uplink_gateway_address")
     upstream = reader.address("emulated.upstream_address")
@@ -130,6 +144,9 @@ def load_config(path: Path) -> LabConfig:
         subnet=subnet,
         gateway_address=gateway_address,
         gateway_lan_mac=mac,
+        dhcp_range=(dhcp_range[0], dhcp_range[1]),
+        dns=tuple(reader.addresses("network.dns")),
+        lease_seconds=lease_seconds,
         uplink_subnet=uplink_subnet,
         uplink_gateway_address=uplink_gateway,
         upstream_address=upstream,
@@ -165,6 +182,15 @@ class _Reader:
     def address(self, key: str) -> ipaddress.IPv4Address:
         try:
             return ipaddress.IPv4Address(self.string(key))
+        except ValueError as exc:
+            raise LabError(f"{self.path}: {key}: {exc}") from exc
+
+    def addresses(self, key: str) -> list[ipaddress.IPv4Address]:
+        value = self.value(key)
+        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+            raise LabError(f"{self.path}: {key} must be a list of IPv4 addresses")
+        try:
+            return [ipaddress.IPv4Address(item) for item in value]
         except ValueError as exc:
             raise LabError(f"{self.path}: {key}: {exc}") from exc
 
