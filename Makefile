@@ -3,14 +3,14 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test lint bench sample clean
+.PHONY: install demo test test-unit test-lab lint lint-lab bench sample clean
 
 install: $(BIN)/appsight
 
 $(BIN)/appsight: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[test,lab]'
 	@touch $@
 
 # The main job on the embedded sample capture: the per-burst report and a feature table.
@@ -20,12 +20,25 @@ demo: install
 	$(BIN)/appsight features --device 10.77.0.2 examples/sample.pcap -o results/sample-features.csv
 	@echo "feature table: results/sample-features.csv"
 
-test: install
-	$(BIN)/ruff check .
+# Everything: lint, the unit and integration tests, then the lab end to end (root).
+test: lint test-unit test-lab
+
+test-unit: install
 	$(BIN)/pytest
 
-lint: install
+# The emulated lab: up, provision, testinfra, idempotence, reboot, down (lab/run-lab-tests).
+test-lab: install
+	lab/run-lab-tests
+
+lint: install lint-lab
 	$(BIN)/ruff check .
+
+lint-lab: install
+	$(BIN)/yamllint -s .
+	cd ansible && for playbook in *.yml; do \
+		../$(BIN)/ansible-playbook --syntax-check -i localhost, "$$playbook" >/dev/null || exit 1; \
+	done
+	cd ansible && ../$(BIN)/ansible-lint --profile production
 
 bench: install
 	$(BIN)/pip install --quiet -e '.[test,bench]'

@@ -23,10 +23,11 @@ HOST_NAMES = ("upstream", "gateway", "phone")
 
 #: Packages of the root filesystem every emulated host shares. The gateway needs the
 #: routing and DHCP tools and Python for Ansible and the agent; the phone and upstream need
-#: a DHCP client and servers, which busybox, curl and openssl give.
+#: a DHCP client and servers (busybox, curl, openssl) and Python with YAML for the
+#: synthetic apps and their servers.
 ROOTFS_PACKAGES = (
-    "openssh-server", "python3", "python3-venv", "iptables", "busybox", "iproute2", "procps",
-    "curl", "sudo", "ca-certificates", "openssl", "tcpdump",
+    "openssh-server", "python3", "python3-venv", "python3-yaml", "iptables", "busybox",
+    "iproute2", "procps", "curl", "sudo", "ca-certificates", "openssl", "tcpdump",
 )
 
 _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
