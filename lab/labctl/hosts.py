@@ -116,18 +116,6 @@ def namespace_pids(namespace: str) -> list[int]:
     return [int(word) for word in done.stdout.split()] if done.returncode == 0 else []
 
 
-def processes_named(namespace: str, name: str) -> list[int]:
-    """Host PIDs of the processes called ``name`` inside a network namespace."""
-    found = []
-    for pid in namespace_pids(namespace):
-        try:
-            if Path(f"/proc/{pid}/comm").read_text().strip() == name:
-                found.append(pid)
-        except OSError:
-            continue
-    return found
-
-
 def wait_for_port(address: str, port: int, timeout: float) -> None:
     """Wait until something accepts TCP connections at ``address:port``."""
     deadline = time.monotonic() + timeout

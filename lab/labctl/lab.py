@@ -25,7 +25,7 @@ from pathlib import Path
 from labctl.config import HOST_NAMES, LabConfig
 from labctl.errors import LabError
 from labctl.guest import GATEWAY_LAN, PHONE_LAN, UPLINK, write_guest_files
-from labctl.hosts import Host, namespace_pids, processes_named, wait_for_port
+from labctl.hosts import Host, namespace_pids, wait_for_port
 from labctl.rootfs import ensure_rootfs
 from labctl.sshfiles import close_connections, ensure_key, write_inventory, write_ssh_config
 
@@ -83,6 +83,7 @@ class Lab:
             for link in self.links:
                 self._create_link(link)
             for name in HOST_NAMES:
+                self._plug_in(name)
                 self._start(name, lower)
             write_ssh_config(self.state_dir, self.config)
             write_inventory(self.state_dir)
@@ -94,7 +95,13 @@ class Lab:
         _note(f"up: {', '.join(HOST_NAMES)}; ssh -F {self.state_dir / 'ssh_config'} gateway")
 
     def reboot(self, name: str) -> None:
-        """Power-cycle one host: all runtime state is lost, its disk (overlay) is kept."""
+        """Power-cycle one host: all runtime state is lost, its disk (overlay) is kept.
+
+        The host's network namespace is replaced by a new one, which drops its addresses,
+        routes, firewall, sysctls and processes, as powering off a machine does. Its network
+        cards survive, as a machine's do: they wait in a holding namespace meanwhile, so the
+        hosts at the other end of its links only see the link go down and up again.
+        """
         if name not in self.hosts:
             raise LabError(f"no host {name!r}; the hosts are {', '.join(HOST_NAMES)}")
         host = self.hosts[name]
@@ -102,17 +109,22 @@ class Lab:
             raise LabError("the lab is not up: run 'labctl up' first")
         lower = ensure_rootfs(self.config, self.log_dir / "debootstrap.log")
         host.stop()
-        # Deleting the namespace drops its addresses, routes, firewall and sysctls, and
-        # its ends of the links, as powering off a machine does.
-        _run("ip", "netns", "delete", host.namespace)
-        self._create_namespace(host)
-        for link in self.links:
-            if name in (link.a, link.b):
-                self._create_link(link)
+        cards = self._cards(name)
+        holding = f"{host.namespace}-off"
+        _run("ip", "netns", "add", holding)
+        try:
+            for card in cards:
+                _run("ip", "-n", host.namespace, "link", "set", card, "netns", holding)
+            _run("ip", "netns", "delete", host.namespace)
+            _run("ip", "netns", "add", host.namespace)
+            _run("ip", "-n", host.namespace, "link", "set", "lo", "up")
+            for card in cards:
+                _run("ip", "-n", holding, "link", "set", card, "netns", host.namespace)
+        finally:
+            _run("ip", "netns", "delete", holding)
+        self._plug_in(name)
         self._start(name, lower)
         self._wait_ready(name)
-        if name != "phone":
-            self._replug_phone()
         _note(f"rebooted {name}")
 
     def down(self) -> None:
@@ -168,6 +180,7 @@ class Lab:
         return Path("/run/netns", host.namespace).exists()
 
     def _create_namespace(self, host: Host) -> None:
+        """The host's namespace with its management link (the host's end in our own)."""
         management = self.config.management(host.name)
         _run("ip", "netns", "add", host.namespace)
         _run("ip", "-n", host.namespace, "link", "set", "lo", "up")
@@ -175,9 +188,6 @@ class Lab:
              "peer", "name", "mgmt0", "netns", host.namespace)
         _run("ip", "addr", "add", str(management.host_address), "dev", management.host_side)
         _run("ip", "link", "set", management.host_side, "up")
-        _run("ip", "-n", host.namespace, "addr", "add", str(management.lab_address),
-             "dev", "mgmt0")
-        _run("ip", "-n", host.namespace, "link", "set", "mgmt0", "up")
 
     def _create_link(self, link: Link) -> None:
         a, b = self.hosts[link.a].namespace, self.hosts[link.b].namespace
@@ -185,27 +195,38 @@ class Lab:
         if link.a_mac:
             command += ["address", link.a_mac]
         _run(*command, "type", "veth", "peer", "name", link.b_interface, "netns", b)
-        _run("ip", "-n", a, "link", "set", link.a_interface, "up")
-        _run("ip", "-n", b, "link", "set", link.b_interface, "up")
-        if {link.a, link.b} == {"gateway", "upstream"}:
-            self._address_uplink()
 
-    def _address_uplink(self) -> None:
-        """What the provider's NAT network gives the gateway, and the Internet's side."""
+    def _cards(self, name: str) -> list[str]:
+        """The host's network cards: its management card and its ends of the links."""
+        ends = [link.a_interface for link in self.links if link.a == name]
+        ends += [link.b_interface for link in self.links if link.b == name]
+        return ["mgmt0", *ends]
+
+    def _plug_in(self, name: str) -> None:
+        """Bring a host's cards up with what the hypervisor gives them before it boots.
+
+        That is the management address, and for the gateway's uplink what a provider's NAT
+        network gives by DHCP: an address and the default route. Upstream, the Internet,
+        knows the way to the internal network, so only the gateway's firewall keeps it out,
+        which is what the security tests check.
+        """
+        namespace = self.config.namespace(name)
         config = self.config
+        _run("ip", "-n", namespace, "addr", "add",
+             str(config.management(name).lab_address), "dev", "mgmt0")
+        for card in self._cards(name):
+            _run("ip", "-n", namespace, "link", "set", card, "up")
         prefix = config.uplink_subnet.prefixlen
-        gateway, upstream = config.namespace("gateway"), config.namespace("upstream")
-        _run("ip", "-n", gateway, "addr", "add", f"{config.uplink_gateway_address}/{prefix}",
-             "dev", UPLINK)
-        _run("ip", "-n", gateway, "route", "add", "default", "via",
-             str(config.upstream_address))
-        if not _has_address(upstream, UPLINK):
-            _run("ip", "-n", upstream, "addr", "add", f"{config.upstream_address}/{prefix}",
+        if name == "gateway":
+            _run("ip", "-n", namespace, "addr", "add",
+                 f"{config.uplink_gateway_address}/{prefix}", "dev", UPLINK)
+            _run("ip", "-n", namespace, "route", "add", "default", "via",
+                 str(config.upstream_address))
+        elif name == "upstream":
+            _run("ip", "-n", namespace, "addr", "add", f"{config.upstream_address}/{prefix}",
                  "dev", UPLINK)
-        # The Internet side knows the way to the internal network: only the gateway's
-        # firewall may keep it out, which is what the security tests check.
-        _run("ip", "-n", upstream, "route", "replace", str(config.subnet), "via",
-             str(config.uplink_gateway_address))
+            _run("ip", "-n", namespace, "route", "add", str(config.subnet), "via",
+                 str(config.uplink_gateway_address))
 
     def _start(self, name: str, lower: Path) -> None:
         self.hosts[name].boot(lower, self.log_dir / f"{name}.log")
@@ -217,17 +238,6 @@ class Lab:
         except LabError as exc:
             raise LabError(f"{name} did not boot: {exc}; see "
                            f"{self.log_dir / (name + '.log')}") from exc
-
-    def _replug_phone(self) -> None:
-        """The phone's link went down and up: its DHCP client starts over, as Android's."""
-        for pid in processes_named(self.config.namespace("phone"), "udhcpc"):
-            _run("kill", str(pid))
-
-
-def _has_address(namespace: str, interface: str) -> bool:
-    done = subprocess.run(["ip", "-n", namespace, "-4", "-o", "addr", "show", "dev", interface],
-                          capture_output=True, text=True, check=False)
-    return bool(done.stdout.strip())
 
 
 def _check_host() -> None:

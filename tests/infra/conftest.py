@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import testinfra
+import yaml
 from hostinfo import default_route
 from labctl.config import LabConfig, find_config, load_config
 
@@ -34,6 +35,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session")
 def lab() -> LabConfig:
     return load_config(find_config(REPO))
+
+
+@pytest.fixture(scope="session")
+def lab_yml(lab: LabConfig) -> dict:
+    """lab.yml as plain data, for the settings labctl itself has no use for."""
+    return yaml.safe_load(lab.source.read_text())
 
 
 def _host(request: pytest.FixtureRequest, name: str) -> testinfra.host.Host:

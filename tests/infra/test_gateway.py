@@ -78,5 +78,5 @@ def test_udhcpd_hands_out_router_dns_and_lease(
 def test_udhcpd_listens_on_udp_67_on_the_internal_side(
         gateway: testinfra.host.Host, lan: str) -> None:
     # udhcpd binds its socket to the device, which ss shows as ADDRESS%DEVICE.
-    sockets = gateway.check_output("ss -H -u -l -n -p")
-    assert re.search(rf"%{re.escape(lan)}:67\s.*udhcpd", sockets), sockets
+    sockets = gateway.check_output("ss -H -u -l -n")
+    assert re.search(rf"%{re.escape(lan)}:67\s", sockets), sockets
