@@ -25,7 +25,7 @@ from labctl.config import ROOTFS_PACKAGES, LabConfig
 from labctl.errors import LabError
 
 #: Bumped when the way the root filesystem is prepared changes.
-_RECIPE_VERSION = "1"
+_RECIPE_VERSION = "2"
 
 
 def rootfs_key(config: LabConfig) -> str:
@@ -82,6 +82,9 @@ def _build(config: LabConfig, target: Path, log: Path) -> None:
 
 def _prepare(root: Path) -> None:
     """Changes every host needs, made once in the shared layer."""
+    # mkdtemp made the folder private; as a host's / it must be open to every user (the
+    # phone runs each synthetic app under its own UID).
+    root.chmod(0o755)
     # No host keys in the shared layer: each host makes its own at first boot.
     for key in (root / "etc/ssh").glob("ssh_host_*"):
         key.unlink()
