@@ -109,6 +109,11 @@ def test_lab_comes_up_reboots_and_leaves_nothing(private_lab: Lab) -> None:
     links = _ssh(lab, "gateway", "ip -o link show")
     assert f"link/ether {lab.config.gateway_lan_mac}" in links
     assert f"via {lab.config.upstream_address}" in _ssh(lab, "gateway", "ip route")
+    # Packets cross the links MTU-sized, as on a real network, not as 64 kB TSO segments.
+    offloads = subprocess.run(["ip", "netns", "exec", lab.config.namespace("phone"), "ethtool",
+                               "-k", "lan0"], capture_output=True, text=True, check=True).stdout
+    assert "tcp-segmentation-offload: off" in offloads
+    assert "generic-segmentation-offload: off" in offloads
     # What a host writes to its disk survives a reboot; what lives in memory does not.
     _ssh(lab, "gateway", "echo kept > /root/mark; sysctl -qw net.ipv4.ip_forward=1")
     lab.reboot("gateway")

@@ -29,7 +29,7 @@ from labctl.hosts import Host, namespace_pids, wait_for_port
 from labctl.rootfs import ensure_rootfs
 from labctl.sshfiles import close_connections, ensure_key, write_inventory, write_ssh_config
 
-_REQUIRED_TOOLS = ("ip", "unshare", "ssh", "ssh-keygen", "debootstrap")
+_REQUIRED_TOOLS = ("ip", "unshare", "ssh", "ssh-keygen", "debootstrap", "ethtool")
 _SSH_TIMEOUT = 60.0
 
 
@@ -216,6 +216,12 @@ class Lab:
              str(config.management(name).lab_address), "dev", "mgmt0")
         for card in self._cards(name):
             _run("ip", "-n", namespace, "link", "set", card, "up")
+            if card != "mgmt0":
+                # A veth hands whole 64 kB TCP segments across unless told not to; on a real
+                # network card they leave as MTU-sized packets, which is what the agent
+                # must see at the gateway.
+                _run("ip", "netns", "exec", namespace, "ethtool", "-K", card,
+                     "tso", "off", "gso", "off", "gro", "off")
         prefix = config.uplink_subnet.prefixlen
         if name == "gateway":
             _run("ip", "-n", namespace, "addr", "add",
@@ -247,7 +253,7 @@ def _check_host() -> None:
     missing = [tool for tool in _REQUIRED_TOOLS if shutil.which(tool) is None]
     if missing:
         raise LabError(f"missing on this host: {', '.join(missing)} "
-                       "(apt-get install iproute2 util-linux openssh-client debootstrap)")
+                       "(apt-get install iproute2 util-linux openssh-client debootstrap ethtool)")
 
 
 def _run(*command: str) -> None:
