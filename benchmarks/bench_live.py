@@ -27,6 +27,20 @@ Usage (root)::
     .venv/bin/python benchmarks/bench_live.py                       # ~10 min, markdown tables
     .venv/bin/python benchmarks/bench_live.py --tools capture,live --rates 20000,50000 --seconds 3
     .venv/bin/python benchmarks/bench_live.py --json out.json
+
+``--memory`` measures something else, and needs neither root nor the corpus: the memory of
+one long run. It builds 30 minutes (``--minutes``) of traffic that never falls silent for the
+burst gap (``long_capture`` of ``tests/test_live_memory.py``: 8 flows sending every 0.1 s
+and ``--short-flows`` new two-packet flows a second) and writes it to the standard input of
+``appsight flows -`` (``--command``; ``flows -`` and ``live -`` run the same live loop, and
+``flows`` exists in older versions too) in ``--slices`` parts. After each part, once the
+process has gone idle, its RSS and peak RSS (VmHWM) are read; then 1.5 s without input let
+the burst clock end the burst, and the peak is read once more. ``--pythonpath DIR`` runs
+another version of appsight, e.g. the last commit's (``git archive HEAD agent | tar -x -C
+/tmp/before``, then ``--pythonpath /tmp/before/agent``)::
+
+    .venv/bin/python benchmarks/bench_live.py --memory                 # ~1 min
+    .venv/bin/python benchmarks/bench_live.py --memory --pythonpath /tmp/before/agent
 """
 
 from __future__ import annotations
@@ -329,6 +343,103 @@ def summary_table(results: list[Result], tools: list[str]) -> str:
     return "\n".join(lines)
 
 
+# ---------------------------------------------------------- memory over a long run
+@dataclass
+class MemorySample:
+    minutes: float  # capture time written so far
+    rss_mb: float
+    peak_mb: float
+
+
+def _proc_status_mb(pid: int) -> tuple[float, float]:
+    """(VmRSS, VmHWM) of a process, in MB."""
+    values = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            values[key] = int(value.split()[0]) / 1024
+    return values["VmRSS"], values["VmHWM"]
+
+
+def _wait_idle(pid: int, quiet: float = 0.3) -> None:
+    """Until the process used no CPU for ``quiet`` seconds: it has read all it was given."""
+    last = _cpu_seconds(pid)
+    while True:
+        time.sleep(quiet)
+        now = _cpu_seconds(pid)
+        if now == last:
+            return
+        last = now
+
+
+def memory_run(args: argparse.Namespace) -> int:
+    from test_live_memory import long_capture
+
+    with tempfile.TemporaryDirectory(prefix="bench-live-memory-") as tmp:
+        capture = long_capture(Path(tmp) / "long.pcap", minutes=args.minutes,
+                               short_per_second=args.short_flows)
+        data = capture.path.read_bytes()
+    record = (len(data) - 24) // capture.packets
+    env = dict(os.environ)
+    if args.pythonpath:
+        env["PYTHONPATH"] = str(args.pythonpath)
+    command = [sys.executable, "-m", "appsight", args.command, "-", "--json"]
+    proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env, cwd=tempfile.gettempdir())
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    counted = [0, 0]  # flows, packets
+
+    def count(stream: object) -> None:
+        for line in stream:  # type: ignore[attr-defined]
+            row = json.loads(line)
+            counted[0] += 1
+            counted[1] += row["packets_fwd"] + row["packets_bwd"]
+
+    reader = threading.Thread(target=count, args=(proc.stdout,), daemon=True)
+    reader.start()
+    samples: list[MemorySample] = []
+    started = time.monotonic()
+    proc.stdin.write(data[:24])
+    for k in range(args.slices):
+        a = capture.packets * k // args.slices
+        b = capture.packets * (k + 1) // args.slices
+        proc.stdin.write(data[24 + a * record: 24 + b * record])
+        proc.stdin.flush()
+        _wait_idle(proc.pid)
+        rss, peak = _proc_status_mb(proc.pid)
+        samples.append(MemorySample(args.minutes * (k + 1) / args.slices, rss, peak))
+        print(f"bench_live: {samples[-1].minutes:5.1f} min  RSS {rss:7.1f} MB  peak "
+              f"{peak:7.1f} MB", file=sys.stderr)
+    # Silence: the arrival clock ends the burst (its last flows are built and printed) while
+    # the process still runs, so that its peak can be read. (ru_maxrss at exit is no use:
+    # it can include the parent's pages from before the child's exec.)
+    time.sleep(1.5)
+    _wait_idle(proc.pid)
+    rss, peak = _proc_status_mb(proc.pid)
+    proc.stdin.close()
+    status = proc.wait()
+    took = time.monotonic() - started
+    reader.join(timeout=60)
+    errors = proc.stderr.read().decode().strip()
+    line = " ".join(a for a in (sys.argv[1:]))
+    print(f"## Memory of one long live run\n\n"
+          f"* command: `.venv/bin/python benchmarks/bench_live.py {line}`\n"
+          f"* appsight: {args.pythonpath or 'this checkout'}; `{' '.join(command[3:])}`\n"
+          f"* capture: {args.minutes:g} min, {capture.packets:,} packets "
+          f"({len(data) / 1e6:.0f} MB), {capture.short_flows:,} short flows beside "
+          f"{capture.long_flows} that never pause: one burst\n"
+          f"* reported: {counted[0]:,} flows holding {counted[1]:,} packets; exit status "
+          f"{status}; {took:.0f} s\n"
+          f"* peak RSS of the whole run, after the burst clock ended the burst: "
+          f"{peak:.0f} MB (RSS then {rss:.0f} MB)\n")
+    if errors:
+        print("standard error:\n\n```\n" + errors + "\n```\n")
+    print("| capture written (min) | RSS (MB) | peak RSS so far (MB) |\n| ---: | ---: | ---: |")
+    for sample in samples:
+        print(f"| {sample.minutes:.1f} | {sample.rss_mb:.0f} | {sample.peak_mb:.0f} |")
+    return 0
+
+
 # ------------------------------------------------------------------------------- main
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -346,6 +457,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    default=Path(os.environ.get("APPSIGHT_DATA", REPO.parent / "shared" / "data")))
     p.add_argument("--json", type=Path, help="also write the raw results here")
     p.add_argument("--sniff-worker", metavar="IFACE", help=argparse.SUPPRESS)
+    memory = p.add_argument_group("memory of one long run (--memory; no root needed)")
+    memory.add_argument("--memory", action="store_true",
+                        help="measure RSS over a long capture on standard input instead")
+    memory.add_argument("--minutes", type=float, default=30.0,
+                        help="capture time (default 30)")
+    memory.add_argument("--short-flows", type=int, default=1000, metavar="N",
+                        help="new two-packet flows per second (default 1000)")
+    memory.add_argument("--slices", type=int, default=10,
+                        help="parts written one after another, RSS read after each (default 10)")
+    memory.add_argument("--command", choices=("flows", "live"), default="flows",
+                        help="appsight command run on '-' (default flows)")
+    memory.add_argument("--pythonpath", type=Path,
+                        help="run the appsight package found here (another version)")
     return p.parse_args(argv)
 
 
@@ -353,6 +477,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.sniff_worker:
         return sniff_worker(args.sniff_worker)
+    if args.memory:
+        return memory_run(args)
     reason = netns_unavailable()
     if reason:
         print(f"bench_live: {reason}", file=sys.stderr)

@@ -274,6 +274,7 @@ class Replay:
     sent_pcap: Path
     flows: Agent
     live: Agent
+    live_free: Agent  # live without a model
     capture: Agent
     capture_dir: Path
     live_pcap_dir: Path
@@ -286,7 +287,8 @@ class Replay:
 @pytest.fixture(scope="module")
 def replay(netns_ok: None, shared_data: Path, sample_model: Path,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replay]:
-    """signal.pcap replayed with its timing to `flows`, `live -m` and `capture` at once."""
+    """signal.pcap replayed with its timing to `flows`, `live -m`, `live` (no model) and
+    `capture` at once."""
     folder = tmp_path_factory.mktemp("replay")
     frames, stamps = read_frames(shared_data / "ndpi" / REPLAYED)
     offsets, bursts = schedule(stamps, GAP)
@@ -296,6 +298,7 @@ def replay(netns_ok: None, shared_data: Path, sample_model: Path,
         flows = Agent.start(pair, "flows", pair.rx_if, "--json", "--burst-gap", str(GAP))
         live = Agent.start(pair, "live", pair.rx_if, "-m", sample_model, "--json",
                            "--burst-gap", str(GAP), "--write-pcap", live_pcap_dir)
+        live_free = Agent.start(pair, "live", pair.rx_if, "--json", "--burst-gap", str(GAP))
         capture = Agent.start(pair, "capture", pair.rx_if, "-o", capture_dir, "--label",
                               "signal")
         with pair.sender() as sender:
@@ -305,7 +308,7 @@ def replay(netns_ok: None, shared_data: Path, sample_model: Path,
         def reported(agent: Agent) -> bool:
             return any(f'"burst": {last_burst},' in line for _, line in agent.lines)
 
-        for agent in (flows, live):
+        for agent in (flows, live, live_free):
             agent.wait_for(lambda a=agent: reported(a), timeout=GAP + 5)
         usr1 = {}
         for name, agent in (("flows", flows), ("live", live), ("capture", capture)):
@@ -315,11 +318,12 @@ def replay(netns_ok: None, shared_data: Path, sample_model: Path,
             usr1[name] = "\n".join(agent.err[before:])
         rx_stats = pair.link_stats("rx")
         statuses = {name: agent.finish()
-                    for name, agent in (("flows", flows), ("live", live), ("capture", capture))}
+                    for name, agent in (("flows", flows), ("live", live),
+                                        ("live_free", live_free), ("capture", capture))}
     sent_pcap = folder / "sent.pcap"
     write_pcap(sent_pcap, sent.frames, sent.times_ns)
-    yield Replay(sent, bursts, sent_pcap, flows, live, capture, capture_dir, live_pcap_dir,
-                 statuses, usr1, rx_stats, pair.rx_if)
+    yield Replay(sent, bursts, sent_pcap, flows, live, live_free, capture, capture_dir,
+                 live_pcap_dir, statuses, usr1, rx_stats, pair.rx_if)
 
 
 @pytest.mark.shared_data
@@ -370,7 +374,18 @@ def _latencies(agent: Agent, replay: Replay) -> dict[int, float]:
 
 
 @pytest.mark.shared_data
-@pytest.mark.parametrize("command", ["flows", "live"])
+def test_live_without_model_equals_flows(replay: Replay) -> None:
+    """`live IFACE --json` without -m reports what `flows IFACE --json` reports, with no
+    app or confidence: a gateway can run the agent before a model is trained."""
+    assert replay.statuses["live_free"] == 0, replay.live_free.stderr
+    free, flows = replay.live_free.rows(), replay.flows.rows()
+    assert sorted(map(flow_key, free)) == sorted(map(flow_key, flows))
+    assert set(free[0]) == set(flows[0])  # the same keys: no app, no confidence
+    assert kernel_line_counts(replay.live_free.err[-1]) == (len(replay.sent.frames), 0)
+
+
+@pytest.mark.shared_data
+@pytest.mark.parametrize("command", ["flows", "live", "live_free"])
 def test_burst_reported_within_gap_plus_300ms(replay: Replay, command: str) -> None:
     latency = _latencies(getattr(replay, command), replay)
     late = {b: round(s, 3) for b, s in latency.items() if s > GAP + LATENCY_SLACK}
@@ -711,3 +726,26 @@ def test_stream_burst_clock(tmp_path: Path) -> None:
     rows = agent.rows()
     assert sum(r["packets_fwd"] + r["packets_bwd"] for r in rows) == 60
 
+
+
+def test_json_log_holds_what_classify_json_prints(tmp_path: Path, sample_model: Path) -> None:
+    """--json-log keeps a machine-readable copy beside the human report, as classify --json."""
+    log = tmp_path / "live.jsonl"
+    live = subprocess.run([*APPSIGHT, "live", "-", "-m", sample_model, "--json-log", log],
+                          input=SAMPLE.read_bytes(), capture_output=True, timeout=120, cwd=REPO,
+                          check=False)
+    assert live.returncode == 0, live.stderr.decode()
+    assert b" app " in live.stdout  # the report itself is unchanged
+    offline = subprocess.run([*APPSIGHT, "classify", "-m", sample_model, "--json", "-"],
+                             input=SAMPLE.read_bytes(), capture_output=True, timeout=120,
+                             cwd=REPO, check=True)
+    assert log.read_bytes() == offline.stdout
+    assert all("app" in json.loads(line) for line in log.read_text().splitlines())
+
+
+def test_json_log_that_cannot_be_written_is_a_one_line_error(tmp_path: Path) -> None:
+    done = subprocess.run([*APPSIGHT, "live", "-", "--json-log", tmp_path / "no" / "f.jsonl"],
+                          input=SAMPLE.read_bytes(), capture_output=True, text=False,
+                          timeout=60, cwd=REPO, check=False)
+    assert done.returncode == 2
+    assert b"cannot write the JSON log" in done.stderr and b"Traceback" not in done.stderr

@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
 from . import __version__
 from .addresses import NetworkMatcher
@@ -23,6 +24,7 @@ from .errors import AppsightError, UsageError
 from .features import DEFAULT_FEATURE_SET, FEATURE_SETS, get_feature_set
 from .inputs import expand_captures
 from .labels import LABEL_COLUMNS, LabelTable, rows_from_ndpi
+from .limits import DEFAULT_MAX_FLOWS, DEFAULT_MAX_PACKETS, OpenBurstLimits
 from .live import InterfaceSource, LiveMeter, drop_privileges, is_interface, stop_on_signals
 from .model import load_model
 from .pcapwriter import RotatingPcapWriter
@@ -106,15 +108,22 @@ def run_captures(
 
 
 # ------------------------------------------------------------------ commands
-def cmd_flows(args: argparse.Namespace) -> int:
-    options = _options(args)
+def _flow_reporter(as_json: bool) -> Callable[[FlowBlock], None]:
+    """The sink of ``flows`` (and of ``live`` without a model): the per-burst report or JSON
+    Lines, flushed after every block."""
     out = sys.stdout
-    writer = write_json_lines if args.json else write_report
+    writer = write_json_lines if as_json else write_report
 
     def handle(block: FlowBlock) -> None:
         writer(block, out)
         out.flush()  # a burst is reported as soon as it is complete, also into a pipe
 
+    return handle
+
+
+def cmd_flows(args: argparse.Namespace) -> int:
+    options = _options(args)
+    handle = _flow_reporter(args.json)
     if _is_live(args.captures):
         return run_live(args.captures[0], options, handle, args)
     return run_captures(expand_captures(args.captures), options, handle)
@@ -132,6 +141,7 @@ def run_live(
     args: argparse.Namespace,
 ) -> int:
     """Run an interface or a pcap stream through the live loop until the end or a signal."""
+    limits = OpenBurstLimits(max_flows=args.max_flows, max_packets=args.max_packets)
     writer = None
     if getattr(args, "write_pcap", None):
         writer = RotatingPcapWriter(args.write_pcap, linktype=1, prefix="live",
@@ -145,7 +155,7 @@ def run_live(
             writer.linktype = linktype
             writer.write(frames)
 
-    meter = LiveMeter(options, handle, keep_frames if writer else None)
+    meter = LiveMeter(options, handle, keep_frames if writer else None, limits, _warn)
     stop_on_signals(meter.stop)
     source = None
     try:
@@ -167,10 +177,18 @@ def run_live(
                 writer.close()
             print(f"appsight: wrote {writer.stats.packets} packets to {writer.stats.files} "
                   f"files in {args.write_pcap}", file=sys.stderr)
+        evicted = meter.meter.evictions.summary(meter.meter.capture, limits) \
+            if meter.meter is not None else None
+        if evicted:
+            print(f"appsight: {evicted}", file=sys.stderr)
         if source is not None:
             print(f"appsight: {source.read_drops().line()}", file=sys.stderr)
             source.close()
     return 0
+
+
+def _warn(line: str) -> None:
+    print(f"appsight: warning: {line}", file=sys.stderr, flush=True)
 
 
 def _megabytes(value: float | None) -> int | None:
@@ -222,10 +240,24 @@ def cmd_capture(args: argparse.Namespace) -> int:
 
 
 def cmd_live(args: argparse.Namespace) -> int:
-    options, handle = _classifier(args)
-    if _is_live(args.captures):
-        return run_live(args.captures[0], options, handle, args)
-    return run_captures(expand_captures(args.captures), options, handle)
+    json_log = _open_json_log(args.json_log) if args.json_log else None
+    try:
+        options, handle = (_classifier(args, json_log) if args.model
+                           else _model_free(args, json_log))
+        if _is_live(args.captures):
+            return run_live(args.captures[0], options, handle, args)
+        return run_captures(expand_captures(args.captures), options, handle)
+    finally:
+        if json_log is not None:
+            json_log.close()
+
+
+def _open_json_log(path: str) -> IO[str]:
+    """The --json-log file, appended to, one line per flow, flushed with every report."""
+    try:
+        return open(path, "a", encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot write the JSON log: {exc.strerror}") from None
 
 
 def cmd_features(args: argparse.Namespace) -> int:
@@ -290,6 +322,40 @@ def cmd_labels_from_ndpi(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_labels_from_sockets(args: argparse.Namespace) -> int:
+    import csv
+
+    from .sockets import (
+        SocketOwners,
+        parse_packages,
+        parse_socket_tables,
+        read_text_lines,
+        rows_from_sockets,
+    )
+
+    captures = expand_captures(args.captures)
+    if not captures or "-" in captures:
+        raise UsageError("give the capture files of the session (not standard input)")
+    owners = SocketOwners(parse_socket_tables(
+        read_text_lines(args.sockets, "socket samples"), args.sockets))
+    packages = parse_packages(read_text_lines(args.packages, "package list"), args.packages)
+    out = sys.stdout if args.output in (None, "-") else _open_output(args.output)
+    writer = csv.writer(out)
+    writer.writerow(LABEL_COLUMNS)
+    flows = labelled = 0
+    for row in rows_from_sockets(captures, owners, packages, _options(args)):
+        flows += 1
+        if row[-1] is not None:
+            writer.writerow(row)
+            labelled += 1
+    if out is not sys.stdout:
+        out.close()
+    share = f" ({100 * labelled / flows:.0f} %)" if flows else ""
+    print(f"appsight: {labelled} of {flows} flows labelled by their socket's owner{share}; "
+          f"{owners.ambiguous} left out as ambiguous", file=sys.stderr)
+    return 0
+
+
 def _open_output(path: str):
     try:
         return open(path, "w", newline="", encoding="utf-8")
@@ -337,9 +403,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _classifier(args: argparse.Namespace) -> tuple[PipelineOptions, Callable[[FlowBlock], None]]:
+def _classifier(
+    args: argparse.Namespace, json_log: IO[str] | None = None,
+) -> tuple[PipelineOptions, Callable[[FlowBlock], None]]:
     """For classify and live: the model's pipeline settings (unless overridden) and a sink
-    that prints each block with the predicted app and confidence of every flow."""
+    that prints each block with the predicted app and confidence of every flow (and, for
+    live's --json-log, also writes them as JSON Lines)."""
     model = load_model(args.model)
     gap = model.burst_gap if args.burst_gap is None else parse_burst_gap(args.burst_gap)
     options = PipelineOptions(
@@ -356,6 +425,34 @@ def _classifier(args: argparse.Namespace) -> tuple[PipelineOptions, Callable[[Fl
         extra = {"app": apps, "confidence": [round(float(c), 4) for c in confidence]}
         writer(block, out, extra)
         out.flush()
+        if json_log is not None:
+            write_json_lines(block, json_log, extra)
+            json_log.flush()
+
+    return options, handle
+
+
+def _model_free(
+    args: argparse.Namespace, json_log: IO[str] | None = None,
+) -> tuple[PipelineOptions, Callable[[FlowBlock], None]]:
+    """For live without a model (a gateway set up before any model is trained): the pipeline
+    options as ``flows`` takes them and its report, without app or confidence."""
+    if args.threshold is not None:
+        raise UsageError("--threshold is the model's confidence threshold: give a model with -m")
+    gap = DEFAULT_BURST_GAP if args.burst_gap is None else parse_burst_gap(args.burst_gap)
+    options = PipelineOptions(
+        burst_gap=gap,
+        device=NetworkMatcher.parse(args.device) if args.device else None,
+        decapsulate=not args.no_decap,
+    )
+    report = _flow_reporter(args.json)
+    if json_log is None:
+        return options, report
+
+    def handle(block: FlowBlock) -> None:
+        report(block)
+        write_json_lines(block, json_log)
+        json_log.flush()
 
     return options, handle
 
@@ -568,16 +665,38 @@ def _add_forest_options(parser: argparse.ArgumentParser) -> None:
                         "0: unbounded)")
 
 
-def _add_model_options(parser: argparse.ArgumentParser) -> None:
+def _add_model_options(parser: argparse.ArgumentParser, model_required: bool = True) -> None:
     """The options of the commands that classify: pipeline settings (the model's by default),
     the model, JSON output and the threshold."""
     _add_pipeline_options(parser)
     parser.set_defaults(burst_gap=None)
-    parser.add_argument("-m", "--model", required=True, metavar="MODEL", help="model file")
-    parser.add_argument("--json", action="store_true",
-                        help="JSON Lines: the objects of 'flows --json' plus app, confidence")
+    if model_required:
+        parser.add_argument("-m", "--model", required=True, metavar="MODEL", help="model file")
+        json_help = "JSON Lines: the objects of 'flows --json' plus app, confidence"
+    else:
+        parser.add_argument("-m", "--model", metavar="MODEL",
+                            help="model file; without one, the flows are reported as 'flows' "
+                            f"reports them, with no app (burst gap {DEFAULT_BURST_GAP} s "
+                            "unless given)")
+        json_help = "JSON Lines: the objects of 'flows --json' (plus app, confidence with -m)"
+    parser.add_argument("--json", action="store_true", help=json_help)
     parser.add_argument("--threshold", type=_probability, metavar="P",
                         help="override the model's confidence threshold")
+
+
+def _add_live_limits(parser: argparse.ArgumentParser) -> None:
+    """Caps on the open burst of an interface or stream (see appsight.limits)."""
+    parser.add_argument(
+        "--max-flows", type=int, default=DEFAULT_MAX_FLOWS, metavar="N",
+        help="for an interface or -: flows an open burst may hold (default "
+        f"{DEFAULT_MAX_FLOWS}); beyond, the flows silent longest are reported before the burst "
+        "ends (a burst lasts as long as traffic never pauses for the burst gap)",
+    )
+    parser.add_argument(
+        "--max-packets", type=int, default=DEFAULT_MAX_PACKETS, metavar="N",
+        help="for an interface or -: packets an open burst may hold, about 80 bytes each "
+        f"(default {DEFAULT_MAX_PACKETS}); beyond, as with --max-flows",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -602,6 +721,7 @@ def build_parser() -> argparse.ArgumentParser:
     flows.add_argument("--json", action="store_true", help="JSON Lines: one object per flow")
     flows.add_argument("--bpf", metavar="FILTER", help="capture filter, for an interface")
     flows.add_argument("--user", help="for an interface: user to switch to once it is open")
+    _add_live_limits(flows)
     flows.set_defaults(run=cmd_flows)
 
     features = sub.add_parser(
@@ -647,6 +767,31 @@ def build_parser() -> argparse.ArgumentParser:
     from_ndpi.add_argument("--guesses", action="store_true",
                            help="also keep flows nDPI matched only by port or IP address")
     from_ndpi.set_defaults(run=cmd_labels_from_ndpi)
+    from_sockets = labels_sub.add_parser(
+        "from-sockets", help="labels from the phone's own socket tables (per-app UIDs)",
+        description="Label every flow of a session's captures with the app that owned its "
+        "socket on the phone: Android gives each app its own UID, and the kernel lists each "
+        "socket's UID in /proc/net/tcp, tcp6, udp and udp6. Sample those tables on the phone "
+        "while the session runs, list the apps with 'pm list packages -U', and capture on the "
+        "gateway's internal side (before NAT). UIDs below 10000 are labelled 'system'. Flows "
+        "whose socket was never sampled (it lived between two samples) are left out.",
+        epilog="""\
+on the phone while the session runs (adb shell, or ssh on the emulated phone):
+  while :; do cat /proc/net/tcp /proc/net/tcp6 /proc/net/udp /proc/net/udp6; sleep 0.05; \\
+      done > /data/local/tmp/sockets.txt
+  pm list packages -U > /data/local/tmp/packages.txt
+then:
+  appsight labels from-sockets --sockets sockets.txt --packages packages.txt \\
+      --device 192.168.56.0/24 session.pcap -o labels.csv""",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_pipeline_options(from_sockets)
+    from_sockets.add_argument("--sockets", required=True, metavar="FILE",
+                              help="the phone's socket tables, sampled during the session")
+    from_sockets.add_argument("--packages", required=True, metavar="FILE",
+                              help="output of 'pm list packages -U' (package:NAME uid:UID)")
+    from_sockets.add_argument("-o", "--output", metavar="FILE", help="CSV file (default: stdout)")
+    from_sockets.set_defaults(run=cmd_labels_from_sockets)
 
     train = sub.add_parser(
         "train", help="train a model from labelled captures",
@@ -709,21 +854,32 @@ def build_parser() -> argparse.ArgumentParser:
     capture.set_defaults(run=cmd_capture)
 
     live = sub.add_parser(
-        "live", help="classify an interface or a pcap stream as it happens",
-        description="The per-burst report with the predicted app (or 'unknown') and the "
-        "confidence of each flow, printed about a second after each burst ends. SOURCE is a "
-        "network interface, or - for a pcap stream on standard input. SIGUSR1 prints the "
-        "kernel's drop counters.",
+        "live", help="classify (or, without a model, report) the flows of an interface or a "
+        "pcap stream as it happens",
+        description="The per-burst report with the predicted app (or 'unknown') and the\n"
+        "confidence of each flow, printed about a second after each burst ends. The source\n"
+        "is a network interface, or - for a pcap stream on standard input. SIGUSR1 prints\n"
+        "the kernel's drop counters.\n\n"
+        "Without -m: the per-burst flow report of 'appsight flows' (no app column), so that a\n"
+        "gateway can run the agent before a model is trained.\n\n"
+        "Traffic that never pauses for the burst gap makes one endless burst. An open burst\n"
+        "holds at most --max-flows flows and --max-packets packets: beyond, its flows silent\n"
+        "longest are reported early (one warning line per burst, their count at exit).",
         epilog="examples:\n  appsight live eth1 -m model.skops --device 192.168.56.0/24\n"
-        "  ssh gateway tcpdump -U -w - -i eth1 | appsight live - -m model.skops --json",
+        "  ssh gateway tcpdump -U -w - -i eth1 | appsight live - -m model.skops --json\n"
+        "  appsight live eth1 --device 192.168.56.0/24    no model yet: the flows only",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    _add_model_options(live)
+    _add_model_options(live, model_required=False)
+    live.add_argument("--json-log", metavar="FILE",
+                      help="also append every reported flow to FILE as JSON Lines (with app "
+                      "and confidence when classifying), next to the report on stdout")
     live.add_argument("--bpf", metavar="FILTER", help="capture filter (tcpdump syntax)")
     live.add_argument("--write-pcap", metavar="DIR", help="also keep the packets, as pcap files")
     live.add_argument("--rotate-mb", type=float, metavar="MB", help="with --write-pcap")
     live.add_argument("--rotate-seconds", type=float, metavar="S", help="with --write-pcap")
     live.add_argument("--user", help="user to switch to once the socket is open")
+    _add_live_limits(live)
     live.set_defaults(run=cmd_live)
 
     evaluate = sub.add_parser(

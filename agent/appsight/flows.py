@@ -18,6 +18,7 @@ import numpy as np
 
 from .addresses import NetworkMatcher
 from .bursts import BurstBlock
+from .decode import PacketBatch
 
 _M1 = np.uint64(0x9E3779B97F4A7C15)
 _M2 = np.uint64(0xBF58476D1CE4E5B9)
@@ -70,6 +71,15 @@ def _mix(h: np.ndarray, value: np.ndarray) -> np.ndarray:
     return h * _M3
 
 
+def _hash(keys: list[np.ndarray]) -> np.ndarray:
+    """A 64-bit hash of each row of ``keys``."""
+    h = np.zeros(len(keys[0]), dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for key in keys:
+            h = _mix(h, key)
+    return h
+
+
 def _group(keys: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Stable grouping of equal key rows: (order of packets sorted by group, group starts).
 
@@ -78,10 +88,7 @@ def _group(keys: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     collision, so the result is always exact.
     """
     n = len(keys[0])
-    h = np.zeros(n, dtype=np.uint64)
-    with np.errstate(over="ignore"):
-        for key in keys:
-            h = _mix(h, key)
+    h = _hash(keys)
     order = np.argsort(h, kind="stable")
     sorted_hash = h[order]
     boundary = np.empty(n, dtype=bool)
@@ -103,6 +110,29 @@ def _group(keys: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     return order, np.flatnonzero(exact)
 
 
+def _undirected_keys(packets: PacketBatch) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Whether each packet travels from the larger endpoint, and its direction-free 5-tuple
+    (protocol, then the smaller (address, port) endpoint first): equal for both halves of a
+    full flow."""
+    sh, sl, sp = packets.src_hi, packets.src_lo, packets.sport
+    dh, dl, dp = packets.dst_hi, packets.dst_lo, packets.dport
+    swapped = (sh > dh) | ((sh == dh) & ((sl > dl) | ((sl == dl) & (sp > dp))))
+    a_hi, a_lo = np.where(swapped, dh, sh), np.where(swapped, dl, sl)
+    b_hi, b_lo = np.where(swapped, sh, dh), np.where(swapped, sl, dl)
+    a_port, b_port = np.where(swapped, dp, sp), np.where(swapped, sp, dp)
+    return swapped, [packets.proto, a_hi, a_lo, b_hi, b_lo, a_port, b_port]
+
+
+def flow_hash(packets: PacketBatch) -> np.ndarray:
+    """A 64-bit hash of each packet's full flow (its direction-free 5-tuple).
+
+    For bookkeeping that may merge two flows on a collision without harm (counting and
+    choosing the flows of an open burst, :mod:`appsight.limits`); :func:`build_flows` itself
+    never relies on the hash alone.
+    """
+    return _hash(_undirected_keys(packets)[1])
+
+
 def build_flows(block: BurstBlock, device: NetworkMatcher | None = None) -> FlowTable:
     """Group the packets of each burst of a block into full flows (see the module docstring)."""
     burst = block.packets
@@ -112,12 +142,7 @@ def build_flows(block: BurstBlock, device: NetworkMatcher | None = None) -> Flow
     burst_of = block.burst_of_packet()
     sh, sl, sp = burst.src_hi, burst.src_lo, burst.sport
     dh, dl, dp = burst.dst_hi, burst.dst_lo, burst.dport
-    # Direction-free key: the smaller (address, port) endpoint first.
-    swapped = (sh > dh) | ((sh == dh) & ((sl > dl) | ((sl == dl) & (sp > dp))))
-    a_hi, a_lo = np.where(swapped, dh, sh), np.where(swapped, dl, sl)
-    b_hi, b_lo = np.where(swapped, sh, dh), np.where(swapped, sl, dl)
-    a_port, b_port = np.where(swapped, dp, sp), np.where(swapped, sp, dp)
-    keys = [burst.proto, a_hi, a_lo, b_hi, b_lo, a_port, b_port]
+    swapped, keys = _undirected_keys(burst)
     if block.count > 1:
         keys.insert(0, burst_of)
     order, starts = _group(keys)

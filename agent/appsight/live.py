@@ -11,10 +11,16 @@ dissection per packet), and a pcap stream (a file or ``-``, e.g. ``tcpdump -U -w
 ssh). For an interface the clock compares the kernel's packet timestamps with the local wall
 clock; for a stream, whose timestamps may come from another machine's clock, it measures the
 silence since the last batch arrived.
+
+Traffic that never pauses for the burst gap makes a burst that never ends; a live run caps
+what its open burst holds and reports the flows silent longest early when a cap is passed
+(:mod:`appsight.limits`). The queue between the source thread and the main loop is bounded
+in bytes, so a busy main loop cannot pile up the source's batches either.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import queue
@@ -31,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import AppsightError
+from .limits import OpenBurstLimits
 from .pipeline import FlowBlock, FlowMeter, PipelineOptions
 from .reader import RecordBatch, read_records
 
@@ -38,6 +45,11 @@ CLOCK_TICK = 0.1  # seconds between burst-clock checks (the issue allows 0.2)
 BATCH_SECONDS = 0.05  # an interface source hands on what it has at least this often
 BATCH_PACKETS = 4096
 DRAIN_SECONDS = 0.5  # after a stop, how long to keep reading what the kernel had queued
+INBOX_BYTES = 64 << 20  # record data waiting for the main loop, at most (see _Inbox)
+INBOX_ITEMS = 256
+#: A stream is read in chunks of at most this much (offline: 8 MB). The open burst's caps are
+#: checked after each batch, so a batch's new flows are what a cap can be passed by.
+STREAM_CHUNK_BYTES = 1 << 20
 SOL_PACKET, PACKET_STATISTICS = 263, 6
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 DLT_EN10MB, DLT_RAW = 1, 101
@@ -62,6 +74,49 @@ class DropCounters:
 
 
 _END = object()
+
+
+class _Inbox:
+    """The queue from the source thread to the main loop, bounded by bytes as well as items.
+
+    Bounded by count alone (256 batches: up to 4096 frames each from an interface, a chunk
+    of the stream from a stream) it could hold gigabytes while the main loop is busy (a large
+    burst ending, an eviction, a slow model). Bounded by bytes, a busy main loop stalls the
+    source instead: frames wait in the socket buffer (the kernel counts any it has to drop),
+    a stream's writer waits. One item always fits, however large.
+    """
+
+    def __init__(self, max_bytes: int = INBOX_BYTES, max_items: int = INBOX_ITEMS) -> None:
+        self.max_bytes = max_bytes
+        self.max_items = max_items
+        self._items: collections.deque[tuple[object, int]] = collections.deque()
+        self._bytes = 0
+        self._changed = threading.Condition()
+
+    def put(self, item: object, size: int = 0) -> None:
+        """Queue ``item`` (``size`` bytes), waiting while the queue is full; _END never waits."""
+        with self._changed:
+            while self._items and item is not _END and (
+                self._bytes + size > self.max_bytes or len(self._items) >= self.max_items
+            ):
+                self._changed.wait()
+            self._items.append((item, size))
+            self._bytes += size
+            self._changed.notify_all()
+
+    def get(self, timeout: float = 0.0) -> object:
+        """The oldest item; :class:`queue.Empty` if none arrives within ``timeout`` seconds."""
+        with self._changed:
+            if not self._changed.wait_for(lambda: self._items, timeout):
+                raise queue.Empty
+            item, size = self._items.popleft()
+            self._bytes -= size
+            self._changed.notify_all()
+            return item
+
+    @property
+    def queued_bytes(self) -> int:
+        return self._bytes
 
 
 class InterfaceSource:
@@ -173,8 +228,10 @@ def is_interface(name: str) -> bool:
 class LiveMeter:
     """Runs a source through the pipeline and the burst clock until stopped or exhausted.
 
-    ``on_block`` receives each finished block of bursts; ``on_frames`` (optional) every list of
-    frames as it arrives, for writing them to disk as well.
+    ``on_block`` receives each finished block of bursts, and the flows evicted from an open
+    burst that passed one of ``limits`` (see :mod:`appsight.limits`); ``on_frames``
+    (optional) every list of frames as it arrives, for writing them to disk as well. ``warn``
+    gets one line for each burst that has flows evicted, at its first eviction.
     """
 
     def __init__(
@@ -182,21 +239,28 @@ class LiveMeter:
         options: PipelineOptions,
         on_block: Callable[[FlowBlock], None],
         on_frames: Callable[[list[tuple[int, int, bytes]], int], None] | None = None,
+        limits: OpenBurstLimits | None = None,
+        warn: Callable[[str], None] | None = None,
     ) -> None:
         self.options = options
         self.on_block = on_block
         self.on_frames = on_frames
+        self.limits = limits or OpenBurstLimits()
+        self.warn = warn or (lambda _line: None)
         self.stop = threading.Event()
         self.error: BaseException | None = None
+        self.meter: FlowMeter | None = None  # the run's meter, for its counters at the end
+        self._warned_burst = -1  # the last burst a warning line was printed for
 
     # ----------------------------------------------------------- producers
-    def _produce_interface(self, source: InterfaceSource, out: queue.Queue) -> None:
+    def _produce_interface(self, source: InterfaceSource, out: _Inbox) -> None:
         try:
             for frames in source.frames(self.stop):
                 if frames:
                     if self.on_frames is not None:
                         self.on_frames(frames, source.linktype)
-                    out.put(frames_to_batch(frames, source.linktype))
+                    batch = frames_to_batch(frames, source.linktype)
+                    out.put(batch, batch.data.nbytes)
                 else:
                     out.put(None)  # a tick: lets the clock run while nothing arrives
         except BaseException as exc:  # handed to the main thread, which reports it
@@ -204,15 +268,15 @@ class LiveMeter:
         finally:
             out.put(_END)
 
-    def _produce_stream(self, path: str, out: queue.Queue) -> None:
+    def _produce_stream(self, path: str, out: _Inbox, chunk_bytes: int) -> None:
         try:
-            with read_records(path) as reader:
+            with read_records(path, chunk_bytes) as reader:
                 for batch in reader:
                     if self.stop.is_set():
                         break
                     if self.on_frames is not None and len(batch):
                         self.on_frames(_batch_frames(batch), int(batch.linktype[0]))
-                    out.put(batch)
+                    out.put(batch, batch.data.nbytes)
         except BaseException as exc:
             self.error = exc
         finally:
@@ -223,14 +287,31 @@ class LiveMeter:
         return self._run(source.name, "packet",
                          lambda q: self._produce_interface(source, q))
 
-    def run_stream(self, path: str) -> FlowMeter:
+    def run_stream(self, path: str, chunk_bytes: int = STREAM_CHUNK_BYTES) -> FlowMeter:
         name = "stdin" if path == "-" else Path(path).name
-        return self._run(name, "arrival", lambda q: self._produce_stream(path, q))
+        return self._run(name, "arrival", lambda q: self._produce_stream(path, q, chunk_bytes))
 
-    def _run(self, name: str, clock: str, produce: Callable[[queue.Queue], None]) -> FlowMeter:
-        meter = FlowMeter(name, self.options)
+    def _push(self, meter: FlowMeter, batch: RecordBatch) -> None:
+        """Feed one batch; report the bursts it ended, then any flows evicted from the open
+        burst (in that order: the evicted flows belong to the burst after those)."""
+        block = meter.push(batch)
+        if block is not None:
+            self.on_block(block)
+        early = meter.evict()
+        if early is not None:
+            if early.first_burst != self._warned_burst:  # one line per burst
+                self._warned_burst = early.first_burst
+                self.warn(f"{early.capture}: burst {early.first_burst}: {early.early}: its "
+                          f"flows silent longest are reported before it ends ("
+                          f"{self.limits.describe()}; evictions are counted at the end)")
+            self.on_block(early)
+
+    def _run(self, name: str, clock: str, produce: Callable[[_Inbox], None]) -> FlowMeter:
+        meter = FlowMeter(name, self.options, self.limits)
+        self.meter = meter
+        self._warned_burst = -1
         gap = self.options.burst_gap
-        inbox: queue.Queue = queue.Queue(maxsize=256)
+        inbox = _Inbox(INBOX_BYTES)
         thread = threading.Thread(target=produce, args=(inbox,), name="appsight-source",
                                   daemon=True)
         thread.start()
@@ -253,10 +334,8 @@ class LiveMeter:
                 if item is _END:
                     break
                 if item is not None and len(item):
-                    block = meter.push(item)
+                    self._push(meter, item)
                     last_arrival = time.monotonic()
-                    if block is not None:
-                        self.on_block(block)
                 newest = meter.splitter.last_packet_ts
                 if gap is not None and newest is not None:
                     silent = (time.time_ns() - newest) / 1e9 if clock == "packet" else (
@@ -271,13 +350,11 @@ class LiveMeter:
             thread.join(timeout=2)
         while True:  # what the source handed on before it stopped
             try:
-                item = inbox.get_nowait()
+                item = inbox.get()
             except queue.Empty:
                 break
             if item is not _END and item is not None and len(item):
-                block = meter.push(item)
-                if block is not None:
-                    self.on_block(block)
+                self._push(meter, item)
         block = meter.close()
         if block is not None:
             self.on_block(block)

@@ -16,6 +16,7 @@ from .addresses import NetworkMatcher
 from .bursts import DEFAULT_BURST_GAP, BurstBlock, BurstSplitter
 from .decode import Decoder, DecodeStats
 from .flows import FlowTable, build_flows
+from .limits import OpenBurstLimits, OpenFlowCount, eviction_targets, oldest_flows
 from .reader import CaptureReader, ReadStats, RecordBatch, read_records
 
 
@@ -40,6 +41,9 @@ class FlowBlock:
     first_burst: int
     n_bursts: int
     flows: FlowTable
+    #: Why flows of a burst that is still open are reported before it ends (a live run's cap
+    #: on the open burst was passed, see :mod:`appsight.limits`); empty for whole bursts.
+    early: str = ""
 
     def burst_slices(self) -> Iterator[tuple[int, slice]]:
         """(capture-wide burst number, slice of its flows) for each burst of the block."""
@@ -73,20 +77,34 @@ class CaptureSummary:
 
 
 class FlowMeter:
-    """Turns record batches of one capture or stream into bursts of flows."""
+    """Turns record batches of one capture or stream into bursts of flows.
 
-    def __init__(self, capture: str, options: PipelineOptions) -> None:
+    With ``limits`` (live runs), :meth:`evict` keeps the open burst within them.
+    """
+
+    def __init__(self, capture: str, options: PipelineOptions,
+                 limits: OpenBurstLimits | None = None) -> None:
         self.capture = capture
         self.options = options
+        self.limits = limits
         self.decoder = Decoder(decapsulate=options.decapsulate)
         self.splitter = BurstSplitter(options.burst_gap)
         self.bursts_done = 0
         self.packets = 0
         self.flows = 0
+        self.evictions = EvictionStats()
+        self._open_flows = OpenFlowCount()
 
     def _finish(self, block: BurstBlock | None) -> FlowBlock | None:
         if block is None:
             return None
+        if block.count and block.starts[1] == 0:
+            # The first burst lost all its packets to evict() before it ended: it keeps its
+            # number, and its flows have been reported already.
+            self.bursts_done += 1
+            block = BurstBlock(block.packets, block.starts[1:])
+            if block.count == 0:
+                return None
         table = build_flows(block, self.options.device)
         result = FlowBlock(self.capture, self.bursts_done, block.count, table)
         self.bursts_done += block.count
@@ -102,6 +120,60 @@ class FlowMeter:
     def close(self) -> FlowBlock | None:
         """End the open burst (end of input, or the live clock saw the gap pass)."""
         return self._finish(self.splitter.close())
+
+    def evict(self) -> FlowBlock | None:
+        """If the open burst holds more flows or packets than ``limits`` allow, take out the
+        flows that have been silent longest and return them (as flows of the open burst);
+        the rest of the burst is reported when it ends, as usual."""
+        limits = self.limits
+        held = self.splitter.open_packets
+        if limits is None or (held <= limits.max_flows and held <= limits.max_packets):
+            self._open_flows.forget()  # cannot be over either cap: no need to count flows
+            return None
+        packets_over = held > limits.max_packets
+        # Over the packet cap, the eviction leaves at most max_flows flows anyway: no count.
+        flows_over = not packets_over and (
+            self._open_flows.count(self.splitter) > limits.max_flows)
+        if not (flows_over or packets_over):
+            return None
+        keep_flows, keep_packets = eviction_targets(limits, flows_over, packets_over)
+        selected, kept = oldest_flows(self.splitter.open_batch(), keep_flows, keep_packets)
+        taken = self.splitter.take_open(selected)
+        self._open_flows.restart(kept, self.splitter)
+        table = build_flows(BurstBlock(taken, np.array([0, len(taken)], dtype=np.int64)),
+                            self.options.device)
+        self.flows += len(table)
+        self.evictions.add(self.bursts_done, len(table), len(taken))
+        why = (f"more than {limits.max_packets} packets held" if packets_over
+               else f"more than {limits.max_flows} flows open")
+        return FlowBlock(self.capture, self.bursts_done, 1, table, early=why)
+
+
+@dataclass
+class EvictionStats:
+    """Flows reported early by :meth:`FlowMeter.evict`, for the warning lines of a live run."""
+
+    flows: int = 0
+    packets: int = 0
+    rounds: int = 0
+    bursts: int = 0  # bursts that had flows evicted
+    last_burst: int = -1
+
+    def add(self, burst: int, flows: int, packets: int) -> None:
+        self.flows += flows
+        self.packets += packets
+        self.rounds += 1
+        if burst != self.last_burst:
+            self.bursts += 1
+            self.last_burst = burst
+
+    def summary(self, capture: str, limits: OpenBurstLimits) -> str | None:
+        """One line for the end of a run, or None if nothing was evicted."""
+        if not self.rounds:
+            return None
+        return (f"{capture}: {self.flows} flows ({self.packets} packets) of {self.bursts} "
+                f"burst{'s' if self.bursts != 1 else ''} reported before their burst ended, "
+                f"in {self.rounds} evictions, to stay within {limits.describe()}")
 
 
 def iter_flow_blocks(

@@ -80,7 +80,11 @@ def _endpoint(address: str, port: int, proto: int) -> str:
 def write_report(
     block: FlowBlock, out: IO[str], extra: dict[str, Sequence[object]] | None = None
 ) -> None:
-    """The per-burst report: a header line per burst, then one line per flow (UTC times)."""
+    """The per-burst report: a header line per burst, then one line per flow (UTC times).
+
+    Flows evicted from a burst that is still open (live runs, ``block.early``) get a header
+    of their own that says so; the rest of that burst comes later under the same number.
+    """
     f = block.flows
     src = pairs_to_addresses(f.src_hi, f.src_lo)
     dst = pairs_to_addresses(f.dst_hi, f.dst_lo)
@@ -94,6 +98,7 @@ def write_report(
             f"== {block.capture}  burst {burst}  {_clock(first)} .. {_clock(last)} UTC "
             f"({(last - first) / 1e9:.3f} s)  {n_flows} flow{'s' if n_flows != 1 else ''}, "
             f"{packets} packets"
+            + (f"  (reported early, burst still open: {block.early})" if block.early else "")
         )
         for i in range(rows.start, rows.stop):
             proto = int(f.proto[i])

@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 import testinfra
 import yaml
-from hostinfo import default_route
 from labctl.config import LabConfig, find_config, load_config
+
+from .hostinfo import default_route
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import ipaddress
 
 import testinfra
-from hostinfo import default_route
 from labctl.config import LabConfig
+
+from .hostinfo import default_route
 
 
 def test_phone_has_a_lease_inside_the_range(
