@@ -126,6 +126,7 @@ class Connection:
         reason = "closed by client"
         try:
             self.sock.settimeout(HANDSHAKE_TIMEOUT)
+            time.sleep(self.server.latency)
             if self.tls:
                 self.sock = self.server.ctx.wrap_socket(self.sock, server_side=True)
                 self.sni = getattr(self.sock, "appsight_sni", "")
@@ -212,6 +213,7 @@ class Connection:
             length -= n
 
     def _answer(self, method: str, path: str, close: bool) -> None:
+        time.sleep(self.server.latency)
         if method not in ("GET", "POST", "PUT", "HEAD"):
             self._respond(405, b"method not allowed\n", "text/plain", close)
             return
@@ -276,9 +278,12 @@ class Connection:
 
 
 class Servers:
-    def __init__(self, log: Log, ctx: ssl.SSLContext | None) -> None:
+    def __init__(self, log: Log, ctx: ssl.SSLContext | None, latency: float = 0.0) -> None:
         self.log = log
         self.ctx = ctx
+        # Seconds waited before a handshake and before each answer: the round trip of the
+        # Internet, which the lab's links (veth pairs, microseconds) do not have.
+        self.latency = latency
         self.stop = threading.Event()
         self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         self.threads: list[threading.Thread] = []
@@ -501,6 +506,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--http-port", type=int, default=-1,
                    help="plain-HTTP port; 0 = any, -1 = off (default off)")
     p.add_argument("--log", help="append the log here instead of standard error")
+    p.add_argument("--latency", type=float, default=0.0, metavar="MS",
+                   help="milliseconds to wait before each TLS handshake and each answer, "
+                        "standing in for the Internet's round trip (default 0)")
     certs = p.add_argument_group("certificates")
     certs.add_argument("--make-certs", metavar="DIR",
                        help="create ca.pem, ca.key, server.pem and server.key in DIR and exit")
@@ -542,6 +550,8 @@ def main(argv: list[str] | None = None) -> int:
     for opt, low in (("tls_port", 0), ("udp_port", -1), ("http_port", -1)):
         if not low <= getattr(args, opt) <= 65535:
             return fail(f"--{opt.replace('_', '-')} must be {low}..65535")
+    if not 0 <= args.latency <= 5000:
+        return fail("--latency must be 0..5000 ms")
     if not args.cert or not args.key:
         return fail("--cert and --key are required (or --make-certs DIR)")
     try:
@@ -553,7 +563,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         return fail(f"cannot open --log {args.log}: {exc.strerror}")
     log = Log(stream)
-    servers = Servers(log, ctx)
+    servers = Servers(log, ctx, latency=args.latency / 1000)
     opened: list[socket.socket] = []
     where: dict[str, str] = {}
     try:

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from labctl.config import HOST_NAMES, find_config, load_config
+from labctl.demo import Demo, DemoOptions
 from labctl.errors import LabError
 from labctl.lab import Lab
 from labctl.sshfiles import ssh_config_text
@@ -46,7 +47,34 @@ def build_parser() -> argparse.ArgumentParser:
     reboot = commands.add_parser(
         "reboot", help="power-cycle a host: runtime state lost, its disk kept")
     reboot.add_argument("host", choices=HOST_NAMES)
+    demo = commands.add_parser(
+        "demo", help="the main job end to end: lab, provisioning, tests, labelled captures, "
+                     "retraining, live reports, evaluation",
+        description="Builds the lab afresh, provisions it, runs the testinfra suite, records "
+                    "every synthetic app in turn (labelled from the phone's own socket "
+                    "tables), retrains the gateway's model, runs all apps at once while "
+                    "appsight live reports on the gateway, then compares live with offline "
+                    "predictions and evaluates them against the ground truth. Prints the "
+                    "results folder first; a failure names the stage and its log.")
+    demo.add_argument("--seconds-per-app", type=_seconds, default=DemoOptions.seconds_per_app,
+                      metavar="S", help="recording of each app alone (default %(default)g)")
+    demo.add_argument("--mixed-seconds", type=_seconds, default=DemoOptions.mixed_seconds,
+                      metavar="S", help="the session of all apps at once (default %(default)g)")
+    demo.add_argument("--seed", type=int, default=DemoOptions.seed,
+                      help="seed of the apps' traffic (default %(default)s)")
+    demo.add_argument("--keep-lab", action="store_true",
+                      help="reuse a lab that is up instead of building it afresh")
     return parser
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 5 <= value <= 3600:
+        raise argparse.ArgumentTypeError("give between 5 and 3600 seconds")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,6 +107,11 @@ def _dispatch(args: argparse.Namespace, lab: Lab) -> int:
         for name, state, address in rows:
             print(f"{name:<10} {address:<15} {state}")
         return 0 if all(state == "running" for _, state, _ in rows) else 1
+    elif args.command == "demo":
+        options = DemoOptions(seconds_per_app=args.seconds_per_app,
+                              mixed_seconds=args.mixed_seconds, seed=args.seed,
+                              fresh=not args.keep_lab)
+        Demo(lab, lab.config.source.parent.parent, options).run()
     elif args.command == "ssh-config":
         print(ssh_config_text(lab.state_dir, lab.config), end="")
     return 0

@@ -14,11 +14,11 @@ from pathlib import Path
 
 from labctl.errors import LabError
 
-#: Samples the socket tables every 0.1 s, in the format appsight's socket labeller reads.
-#: A socket that opens and closes between two samples is missed; its flow stays unlabelled
-#: (the demo reports how many flows were labelled).
-SOCKET_SAMPLER = ('while :; do for t in tcp tcp6 udp udp6; do echo "# $t"; '
-                  'cat /proc/net/$t; done; sleep 0.1; done')
+#: Samples the socket tables every 0.05 s (one process per sample, so it stays cheap), in
+#: the format appsight's socket labeller reads. A socket that opens and closes between two
+#: samples is missed; its flow stays unlabelled (the demo reports how many were labelled).
+SOCKET_SAMPLER = ("while :; do cat /proc/net/tcp /proc/net/tcp6 /proc/net/udp /proc/net/udp6; "
+                  "sleep 0.05; done")
 
 #: Where the phone keeps its samples while a session runs.
 PHONE_WORK_DIR = "/data/local/tmp/appsight"
@@ -50,7 +50,7 @@ class SshPhone:
     def start_sampler(self, name: str) -> str:
         """Start sampling the socket tables into a file on the phone; its path."""
         path = f"{PHONE_WORK_DIR}/{name}.sockets"
-        pid = self.shell(f"mkdir -p {PHONE_WORK_DIR} && "
+        pid = self.shell(f"mkdir -p {PHONE_WORK_DIR}; "
                          f"nohup sh -c {shlex.quote(SOCKET_SAMPLER)} > {path} 2>/dev/null "
                          f"< /dev/null & echo $!").strip()
         self.shell(f"echo {pid} > {path}.pid")

@@ -1,0 +1,245 @@
+"""The main job end to end on the emulated lab, in stages, each named and logged.
+
+1. the lab up (fresh), 2. provisioned by the playbooks, 3. proved by the testinfra suite,
+4. a labelled capture of every app in turn, 5. a model retrained on them and pushed to the
+gateway, 6. a mixed session of all apps at once while ``appsight live`` on the gateway
+prints its per-burst reports, 7. live predictions compared with offline ``appsight
+classify`` on the capture of that session, 8. ``appsight evaluate`` of the mixed session
+against its per-socket ground truth. Everything lands in one results folder.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import yaml
+from appsight.addresses import NetworkMatcher
+from appsight.bursts import parse_burst_gap
+from appsight.pipeline import PipelineOptions
+
+from labctl.agreement import compare_predictions
+from labctl.ansible_runner import AnsibleRunner
+from labctl.collect import Collector, SessionResult
+from labctl.errors import LabError
+from labctl.lab import Lab
+from labctl.phone import SshPhone
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    """How long the demo records: the defaults fit in a few minutes on two cores."""
+
+    seconds_per_app: float = 40.0
+    mixed_seconds: float = 60.0
+    seed: int = 1
+    fresh: bool = True  # rebuild the lab from scratch first
+
+
+class Demo:
+    """The stages of the main job, printing progress and keeping every artefact."""
+
+    def __init__(self, lab: Lab, repo: Path, options: DemoOptions) -> None:
+        self.lab = lab
+        self.repo = repo
+        self.options = options
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+        self.results = repo / "results" / f"demo-{stamp}"
+        self.logs = self.results / "logs"
+        self.apps = _profile_names(repo / "lab" / "apps" / "profiles.yml")
+        agent = yaml.safe_load(lab.config.source.read_text())["agent"]
+        self.agent = agent
+        self.pipeline = PipelineOptions(burst_gap=parse_burst_gap(str(agent["burst_gap"])),
+                                        device=NetworkMatcher.parse([str(lab.config.subnet)]))
+        self.stage_count = 8
+        self.stage_number = 0
+
+    # -- running -------------------------------------------------------------------------
+
+    def run(self) -> None:
+        started = time.monotonic()
+        self.logs.mkdir(parents=True, exist_ok=True)
+        _say(f"results folder: {self.results}")
+        runner = AnsibleRunner(self.repo, self.lab.state_dir / "inventory.ini",
+                               self.logs / "ansible.log")
+        with self._stage("the emulated lab", "labctl.log"):
+            if self.options.fresh:
+                self.lab.down()
+            self.lab.up()
+        with self._stage("provisioning: site.yml and apps.yml", "ansible.log"):
+            runner.run("site.yml")
+            runner.run("apps.yml")
+        with self._stage("the testinfra suite", "testinfra.log"):
+            self._testinfra()
+        phone = SshPhone(self.lab.state_dir / "ssh_config")
+        collector = Collector(runner, phone, self.results,
+                              str(self.lab.config.upstream_address), self.pipeline)
+        training: list[SessionResult] = []
+        with self._stage(f"labelled captures of {len(self.apps)} apps, "
+                         f"{self.options.seconds_per_app:g} s each", "ansible.log"):
+            for index, app in enumerate(self.apps):
+                result = collector.record(app, [app], self.options.seconds_per_app,
+                                          self.options.seed + 10 * index)
+                _say(f"  {app}: {result.labelled} of {result.flows} flows labelled "
+                     f"({_per_app(result)})")
+                training.append(result)
+        train_labels = self._merge_labels(training, self.results / "labels" / "train.csv")
+        with self._stage("retraining on the gateway's captures (retrain.yml)", "ansible.log"):
+            runner.run("retrain.yml", {"agent_results_dir": collector.lab_results,
+                                       "agent_labels_src": train_labels})
+        with self._stage(f"mixed session: all apps at once for {self.options.mixed_seconds:g} s"
+                         f", appsight live reporting on the gateway", "live-report.txt"):
+            with self._live_report(self.results / "live-report.txt"):
+                mixed = collector.record("mixed", self.apps, self.options.mixed_seconds,
+                                         self.options.seed + 1000)
+                time.sleep(2 * float(self.agent["burst_gap"]) + 1)  # the last burst's report
+            _say(f"  mixed: {mixed.labelled} of {mixed.flows} flows labelled "
+                 f"({_per_app(mixed)})")
+        with self._stage("live against offline classification", "agreement.json"):
+            self._agreement(mixed)
+        with self._stage("evaluation against the per-socket ground truth", "evaluate.log"):
+            self._evaluate(training, train_labels, mixed)
+        _say(f"done in {time.monotonic() - started:.0f} s; everything is in {self.results}")
+
+    # -- the stages' work ----------------------------------------------------------------
+
+    def _testinfra(self) -> None:
+        command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q",
+                   str(self.repo / "tests" / "infra"), "--lab",
+                   str(self.lab.state_dir / "ssh_config")]
+        _logged(command, self.logs / "testinfra.log", cwd=self.repo)
+
+    def _merge_labels(self, sessions: list[SessionResult], out: Path) -> Path:
+        lines: list[str] = []
+        for index, session in enumerate(sessions):
+            rows = session.labels.read_text().splitlines()
+            lines += rows if index == 0 else rows[1:]
+        out.write_text("\n".join(lines) + "\n")
+        return out
+
+    @contextmanager
+    def _live_report(self, out: Path) -> Iterator[None]:
+        """Show the live agent's log on the gateway as it grows, and keep a copy."""
+        log = self.agent["log_path"]
+        command = ["ssh", "-F", str(self.lab.state_dir / "ssh_config"), "gateway",
+                   f"tail -n 0 -F {log}"]
+        with out.open("w") as copy:
+            tail = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                    text=True)
+            shown = _Printer(copy)
+            try:
+                reader = threading.Thread(target=shown.follow, args=(tail.stdout,),
+                                          daemon=True)
+                reader.start()
+                yield
+            finally:
+                tail.kill()
+                tail.wait()
+        _say(f"  live reports: {shown.bursts} bursts, {shown.flows} flows "
+             f"(all in {out.name})")
+
+    def _agreement(self, mixed: SessionResult) -> None:
+        model = self.results / "lab" / "model.skops"
+        live_json = self.results / "live-predictions.jsonl"
+        log = self.agent["json_log_path"]
+        SshPhone(self.lab.state_dir / "ssh_config", host="gateway").fetch(log, live_json)
+        command = [str(Path(sys.executable).parent / "appsight"), "classify", "--json",
+                   "-m", str(model), "--device", str(self.lab.config.subnet),
+                   "--burst-gap", str(self.agent["burst_gap"]), *map(str, mixed.captures)]
+        offline = self.results / "offline-predictions.jsonl"
+        _logged(command, self.logs / "classify.log", cwd=self.repo, stdout=offline)
+        report = compare_predictions(live_json, offline)
+        (self.results / "agreement.json").write_text(json.dumps(report, indent=2) + "\n")
+        _say(f"  {report['matched']} flows in both; the same app for "
+             f"{report['same_app']} ({100 * report['agreement']:.1f} %)")
+
+    def _evaluate(self, training: list[SessionResult], train_labels: Path,
+                  mixed: SessionResult) -> None:
+        command = [str(Path(sys.executable).parent / "appsight"), "evaluate",
+                   *[str(path) for session in training for path in session.captures],
+                   "--labels", str(train_labels), "--test", *map(str, mixed.captures),
+                   "--test-labels", str(mixed.labels), "--device", str(self.lab.config.subnet),
+                   "--burst-gap", str(self.agent["burst_gap"]), "--drop-background",
+                   "-o", str(self.results / "evaluation")]
+        output = _logged(command, self.logs / "evaluate.log", cwd=self.repo)
+        print(output, end="", flush=True)
+
+    # -- progress ------------------------------------------------------------------------
+
+    @contextmanager
+    def _stage(self, title: str, log: str) -> Iterator[None]:
+        self.stage_number += 1
+        _say(f"[{self.stage_number}/{self.stage_count}] {title}")
+        started = time.monotonic()
+        try:
+            yield
+        except LabError as exc:
+            raise LabError(f"stage {self.stage_number} ({title}) failed: {exc} "
+                           f"(log: {self.logs / log})") from exc
+        _say(f"      {time.monotonic() - started:.0f} s")
+
+
+class _Printer:
+    """Prints a trimmed view of the live report and copies all of it to a file."""
+
+    def __init__(self, copy) -> None:
+        self.copy = copy
+        self.bursts = 0
+        self.flows = 0
+
+    def follow(self, lines) -> None:
+        for line in lines:
+            self.copy.write(line)
+            self.copy.flush()
+            if line.startswith("== "):
+                self.bursts += 1
+                print(f"  live| {line.rstrip()}", flush=True)
+            elif line.startswith("  ") and " app " in line:
+                self.flows += 1
+                print(f"  live|   {line.strip()}", flush=True)
+
+
+def _profile_names(path: Path) -> list[str]:
+    try:
+        profiles = yaml.safe_load(path.read_text())["profiles"]
+    except (OSError, KeyError, TypeError, yaml.YAMLError) as exc:
+        raise LabError(f"{path}: cannot read the app profiles: {exc}") from exc
+    return list(profiles)
+
+
+def _per_app(result: SessionResult) -> str:
+    return ", ".join(f"{app} {count}" for app, count in sorted(result.per_app.items()))
+
+
+def _logged(command: list[str], log: Path, cwd: Path, stdout: Path | None = None) -> str:
+    """Run a command, its output into the log (or stdout into a file); fail with the log."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("a") as err:
+        err.write(f"$ {' '.join(command)}\n")
+        err.flush()
+        if stdout is not None:
+            with stdout.open("w") as out:
+                done = subprocess.run(command, cwd=cwd, stdout=out, stderr=err, check=False)
+            output = ""
+        else:
+            finished = subprocess.run(command, cwd=cwd, capture_output=True, text=True,
+                                      check=False)
+            err.write(finished.stdout + finished.stderr)
+            done, output = finished, finished.stdout
+    if done.returncode != 0:
+        raise LabError(f"{Path(command[0]).name} {command[1] if len(command) > 1 else ''} "
+                       f"failed (exit {done.returncode})")
+    return output
+
+
+def _say(text: str) -> None:
+    print(f"demo: {text}" if not text.startswith(" ") else text, flush=True)
+
