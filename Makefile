@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test test-unit test-lab lint lint-lab bench sample clean
+.PHONY: install demo demo-clean sample-demo test test-unit test-lab lint lint-lab bench sample clean
 
 install: $(BIN)/appsight
 
@@ -13,12 +13,23 @@ $(BIN)/appsight: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test,lab]'
 	@touch $@
 
-# The main job on the embedded sample capture: the per-burst report and a feature table.
-demo: install
+# The main job (root): the emulated lab, provisioned and tested, labelled captures of every
+# synthetic app, retraining, live reports on the gateway, evaluation (labctl demo).
+demo:
+	lab/install-host-packages
+	$(MAKE) install
+	$(BIN)/labctl demo $(DEMO_OPTIONS)
+
+# Leaves the host as it was before the demo: the lab, its cached root filesystem, the
+# wheelhouse, the results and the venv go.
+demo-clean:
+	-[ -x $(BIN)/labctl ] && $(BIN)/labctl down --purge
+	rm -rf build results .lab .lab-test-logs
+	$(MAKE) clean
+
+# The main job on the embedded sample capture alone, without the lab (no root needed).
+sample-demo: install
 	$(BIN)/appsight flows --device 10.77.0.2 examples/sample.pcap
-	@mkdir -p results
-	$(BIN)/appsight features --device 10.77.0.2 examples/sample.pcap -o results/sample-features.csv
-	@echo "feature table: results/sample-features.csv"
 
 # Everything: lint, the unit and integration tests, then the lab end to end (root).
 test: lint test-unit test-lab

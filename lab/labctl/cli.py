@@ -10,6 +10,7 @@ from labctl.config import HOST_NAMES, find_config, load_config
 from labctl.demo import Demo, DemoOptions
 from labctl.errors import LabError
 from labctl.lab import Lab
+from labctl.rootfs import purge_cache
 from labctl.sshfiles import ssh_config_text
 
 _DESCRIPTION = """\
@@ -41,7 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "repository, or $APPSIGHT_LAB_CONFIG)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.add_parser("up", help="build and boot the lab (idempotent when it is up)")
-    commands.add_parser("down", help="stop every host and remove all the lab made")
+    down = commands.add_parser("down", help="stop every host and remove all the lab made")
+    down.add_argument("--purge", action="store_true",
+                      help="also delete the cached root filesystems (emulated.cache_dir)")
     commands.add_parser("status", help="each host's state; exit 0 only when all run")
     commands.add_parser("ssh-config", help="print the ssh_config that reaches the hosts")
     reboot = commands.add_parser(
@@ -97,6 +100,8 @@ def _dispatch(args: argparse.Namespace, lab: Lab) -> int:
         lab.up()
     elif args.command == "down":
         lab.down()
+        if args.purge:
+            purge_cache(lab.config)
         left = lab.leftovers()
         if left:
             raise LabError(f"down left {', '.join(left)}")

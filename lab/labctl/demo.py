@@ -15,11 +15,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TextIO
 
 import yaml
 from appsight.addresses import NetworkMatcher
@@ -154,6 +155,8 @@ class Demo:
         command = [str(Path(sys.executable).parent / "appsight"), "classify", "--json",
                    "-m", str(model), "--device", str(self.lab.config.subnet),
                    "--burst-gap", str(self.agent["burst_gap"]), *map(str, mixed.captures)]
+        if self.agent.get("threshold") is not None:  # as the live agent is told
+            command[2:2] = ["--threshold", str(self.agent["threshold"])]
         offline = self.results / "offline-predictions.jsonl"
         _logged(command, self.logs / "classify.log", cwd=self.repo, stdout=offline)
         report = compare_predictions(live_json, offline)
@@ -188,23 +191,39 @@ class Demo:
 
 
 class _Printer:
-    """Prints a trimmed view of the live report and copies all of it to a file."""
+    """Prints a trimmed view of the live report and copies all of it to a file.
 
-    def __init__(self, copy) -> None:
+    Every burst's header line is shown with its first few flows; the rest are counted.
+    """
+
+    FLOWS_SHOWN = 4
+
+    def __init__(self, copy: TextIO) -> None:
         self.copy = copy
         self.bursts = 0
         self.flows = 0
+        self.in_burst = 0
 
-    def follow(self, lines) -> None:
+    def follow(self, lines: Iterable[str]) -> None:
         for line in lines:
             self.copy.write(line)
             self.copy.flush()
             if line.startswith("== "):
+                self._more()
                 self.bursts += 1
-                print(f"  live| {line.rstrip()}", flush=True)
+                self.in_burst = 0
+                print(f"  live| {line.strip()}", flush=True)
             elif line.startswith("  ") and " app " in line:
                 self.flows += 1
-                print(f"  live|   {line.strip()}", flush=True)
+                self.in_burst += 1
+                if self.in_burst <= self.FLOWS_SHOWN:
+                    print(f"  live|   {line.strip()}", flush=True)
+        self._more()
+
+    def _more(self) -> None:
+        if self.in_burst > self.FLOWS_SHOWN:
+            print(f"  live|   ... {self.in_burst - self.FLOWS_SHOWN} more flows", flush=True)
+            self.in_burst = self.FLOWS_SHOWN
 
 
 def _profile_names(path: Path) -> list[str]:

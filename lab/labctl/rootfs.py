@@ -91,3 +91,17 @@ def _prepare(root: Path) -> None:
     # The package cache is only dead weight in every overlay's lower layer.
     for leftover in (root / "var/cache/apt/archives").glob("*.deb"):
         leftover.unlink()
+
+
+def purge_cache(config: LabConfig) -> None:
+    """Delete every cached root filesystem (the next ``up`` builds one again)."""
+    cache = config.cache_dir
+    if not cache.is_dir():
+        return
+    with _locked(cache / ".lock"):
+        for entry in cache.iterdir():
+            if entry.name.startswith(("rootfs-", "building-")):
+                shutil.rmtree(entry, ignore_errors=True)
+    (cache / ".lock").unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # something else lives there too: leave it
+        cache.rmdir()
