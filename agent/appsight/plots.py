@@ -87,7 +87,8 @@ def confusion_png(path: str | Path, matrix: dict[str, Any], title: str = "") -> 
     colorbar.set_label("share of the true app's flows", fontsize=font)
     colorbar.ax.tick_params(labelsize=font)
     if title:
-        width = figure.get_figwidth()
+        # The title is centred over the matrix, which leaves the colour bar about a third.
+        width = figure.get_figwidth() * 0.65
         axes.set_title(_wrap(title, width, font + 2), fontsize=font + 2)
     _save(figure, path, dpi=130)
 
