@@ -6,10 +6,12 @@ import argparse
 import sys
 from pathlib import Path
 
+from labctl.collecting import collect_apps, merge_labels
 from labctl.config import HOST_NAMES, find_config, load_config
 from labctl.demo import Demo, DemoOptions
 from labctl.errors import LabError
 from labctl.lab import Lab
+from labctl.phone import AndroidPhone, EmulatedPhone, Phone
 from labctl.rootfs import purge_cache
 from labctl.sshfiles import ssh_config_text
 
@@ -67,7 +69,39 @@ def build_parser() -> argparse.ArgumentParser:
                       help="seed of the apps' traffic (default %(default)s)")
     demo.add_argument("--keep-lab", action="store_true",
                       help="reuse a lab that is up instead of building it afresh")
+    collect = commands.add_parser(
+        "collect", help="labelled recordings of apps, one session each, ground truth from the "
+                        "phone's socket tables",
+        description="Record each app alone for a while: a capture on the gateway "
+                    "(capture.yml), the phone's socket tables sampled meanwhile, every flow "
+                    "labelled with the app that owned its socket. On the emulated lab the apps "
+                    "are the synthetic ones (needs site.yml and apps.yml run); with --adb they "
+                    "are Android packages driven by monkey. A failed session is reported and "
+                    "its partial data kept, marked INCOMPLETE; the others go on.",
+        epilog="examples:\n"
+               "  labctl collect --apps video,news --seconds 60\n"
+               "  labctl collect --adb 127.0.0.1:5555 --inventory vagrant-inventory.ini \\\n"
+               "      --apps com.google.android.youtube,org.mozilla.firefox --seconds 120",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    collect.add_argument("--apps", required=True, type=_names, metavar="A,B,...",
+                         help="apps (synthetic profile names, or Android package names)")
+    collect.add_argument("--seconds", type=_seconds, default=60.0, metavar="S",
+                         help="recording of each app (default %(default)g)")
+    collect.add_argument("--seed", type=int, default=1, help="seed of the apps' traffic")
+    collect.add_argument("--adb", metavar="SERIAL",
+                         help="an Android phone reached with adb (e.g. 127.0.0.1:5555 through "
+                              "an SSH tunnel to the gateway) instead of the emulated phone")
+    collect.add_argument("--inventory", type=Path, metavar="FILE",
+                         help="Ansible inventory of the gateway (default: the emulated lab's)")
     return parser
+
+
+def _names(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names or any(not all(c.isalnum() or c in "._-" for c in n) for n in names):
+        raise argparse.ArgumentTypeError("give names separated by commas (letters, digits, "
+                                         "'.', '_', '-')")
+    return names
 
 
 def _seconds(text: str) -> float:
@@ -95,6 +129,28 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def _collect(args: argparse.Namespace, lab: Lab) -> int:
+    from appsight.addresses import NetworkMatcher
+    from appsight.pipeline import PipelineOptions
+
+    phone: Phone
+    if args.adb:
+        phone = AndroidPhone(args.adb)
+    else:
+        if [state for _, state, _ in lab.status()] != ["running"] * 3:
+            raise LabError("the emulated lab is not up: labctl up, then site.yml and apps.yml")
+        phone = EmulatedPhone(lab.state_dir / "ssh_config", str(lab.config.upstream_address))
+    repo = lab.config.source.parent.parent
+    options = PipelineOptions(device=NetworkMatcher.parse([str(lab.config.subnet)]))
+    results, sessions, failed = collect_apps(
+        phone, args.inventory or lab.state_dir / "inventory.ini", repo, args.apps,
+        args.seconds, args.seed, options)
+    labels = merge_labels(sessions, results / "labels" / "all.csv")
+    print(f"collect: labels of {len(sessions)} sessions: {labels}"
+          + (f"; INCOMPLETE: {', '.join(failed)}" if failed else ""), flush=True)
+    return 1 if failed else 0
+
+
 def _dispatch(args: argparse.Namespace, lab: Lab) -> int:
     if args.command == "up":
         lab.up()
@@ -117,6 +173,8 @@ def _dispatch(args: argparse.Namespace, lab: Lab) -> int:
                               mixed_seconds=args.mixed_seconds, seed=args.seed,
                               fresh=not args.keep_lab)
         Demo(lab, lab.config.source.parent.parent, options).run()
+    elif args.command == "collect":
+        return _collect(args, lab)
     elif args.command == "ssh-config":
         print(ssh_config_text(lab.state_dir, lab.config), end="")
     return 0

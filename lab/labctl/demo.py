@@ -30,9 +30,10 @@ from appsight.pipeline import PipelineOptions
 from labctl.agreement import compare_predictions
 from labctl.ansible_runner import AnsibleRunner
 from labctl.collect import Collector, SessionResult
+from labctl.collecting import merge_labels
 from labctl.errors import LabError
 from labctl.lab import Lab
-from labctl.phone import SshPhone
+from labctl.phone import EmulatedPhone, LabHost
 
 
 @dataclass(frozen=True)
@@ -80,9 +81,9 @@ class Demo:
             runner.run("apps.yml")
         with self._stage("the testinfra suite", "testinfra.log"):
             self._testinfra()
-        phone = SshPhone(self.lab.state_dir / "ssh_config")
-        collector = Collector(runner, phone, self.results,
-                              str(self.lab.config.upstream_address), self.pipeline)
+        phone = EmulatedPhone(self.lab.state_dir / "ssh_config",
+                              server=str(self.lab.config.upstream_address))
+        collector = Collector(runner, phone, self.results, self.pipeline)
         training: list[SessionResult] = []
         with self._stage(f"labelled captures of {len(self.apps)} apps, "
                          f"{self.options.seconds_per_app:g} s each", "ansible.log"):
@@ -92,7 +93,7 @@ class Demo:
                 _say(f"  {app}: {result.labelled} of {result.flows} flows labelled "
                      f"({_per_app(result)})")
                 training.append(result)
-        train_labels = self._merge_labels(training, self.results / "labels" / "train.csv")
+        train_labels = merge_labels(training, self.results / "labels" / "train.csv")
         with self._stage("retraining on the gateway's captures (retrain.yml)", "ansible.log"):
             runner.run("retrain.yml", {"agent_results_dir": collector.lab_results,
                                        "agent_labels_src": train_labels})
@@ -117,14 +118,6 @@ class Demo:
                    str(self.repo / "tests" / "infra"), "--lab",
                    str(self.lab.state_dir / "ssh_config")]
         _logged(command, self.logs / "testinfra.log", cwd=self.repo)
-
-    def _merge_labels(self, sessions: list[SessionResult], out: Path) -> Path:
-        lines: list[str] = []
-        for index, session in enumerate(sessions):
-            rows = session.labels.read_text().splitlines()
-            lines += rows if index == 0 else rows[1:]
-        out.write_text("\n".join(lines) + "\n")
-        return out
 
     @contextmanager
     def _live_report(self, out: Path) -> Iterator[None]:
@@ -151,7 +144,7 @@ class Demo:
         model = self.results / "lab" / "model.skops"
         live_json = self.results / "live-predictions.jsonl"
         log = self.agent["json_log_path"]
-        SshPhone(self.lab.state_dir / "ssh_config", host="gateway").fetch(log, live_json)
+        LabHost(self.lab.state_dir / "ssh_config", "gateway").fetch(log, live_json)
         command = [str(Path(sys.executable).parent / "appsight"), "classify", "--json",
                    "-m", str(model), "--device", str(self.lab.config.subnet),
                    "--burst-gap", str(self.agent["burst_gap"]), *map(str, mixed.captures)]

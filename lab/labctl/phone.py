@@ -2,14 +2,18 @@
 
 Both phones are asked the same things in the same POSIX shell (Android's mksh understands
 it too): sample the kernel's socket tables while traffic runs, and list the apps with their
-UIDs. Only the transport differs, so the labeller downstream cannot tell them apart.
+UIDs (``pm list packages -U``, or the emulated phone's file in that format). Only the
+transport and the way apps are driven differ, so the labeller downstream cannot tell the
+two phones apart.
 """
 
 from __future__ import annotations
 
+import json
 import shlex
 import subprocess
-from dataclasses import dataclass
+import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from labctl.errors import LabError
@@ -23,17 +27,26 @@ SOCKET_SAMPLER = ("while :; do cat /proc/net/tcp /proc/net/tcp6 /proc/net/udp /p
 #: Where the phone keeps its samples while a session runs.
 PHONE_WORK_DIR = "/data/local/tmp/appsight"
 
+#: Where the synthetic apps live on the emulated phone (role synthetic_apps).
+APPS_DIR = "/opt/appsight-apps"
 
-@dataclass(frozen=True)
-class SshPhone:
-    """The emulated phone, reached with the lab's ssh_config."""
 
-    ssh_config: Path
-    host: str = "phone"
+class Phone:
+    """What a recording session asks of a phone; subclasses say how to reach and drive it."""
+
+    name = "phone"
 
     def command(self, script: str) -> list[str]:
         """The local command that runs ``script`` in the phone's shell."""
-        return ["ssh", "-F", str(self.ssh_config), self.host, script]
+        raise NotImplementedError
+
+    def play(self, apps: Sequence[str], seconds: float, seed: int) -> list[dict]:
+        """Drive the apps, all at once, for about ``seconds``; one summary per app."""
+        raise NotImplementedError
+
+    def packages_path(self) -> str:
+        """A file on the phone listing the apps as ``pm list packages -U`` does."""
+        raise NotImplementedError
 
     def shell(self, script: str, timeout: float = 60) -> str:
         """Run ``script`` on the phone and return its output; a failure is a LabError."""
@@ -41,10 +54,10 @@ class SshPhone:
             done = subprocess.run(self.command(script), capture_output=True, text=True,
                                   timeout=timeout, check=False)
         except subprocess.TimeoutExpired as exc:
-            raise LabError(f"the phone did not answer within {timeout:.0f} s") from exc
+            raise LabError(f"the {self.name} did not answer within {timeout:.0f} s") from exc
         if done.returncode != 0:
             message = done.stderr.strip().splitlines()[-1:] or ["no message"]
-            raise LabError(f"on the phone: {script[:60]}...: {message[0]}")
+            raise LabError(f"on the {self.name}: {script[:60]}...: {message[0]}")
         return done.stdout
 
     def start_sampler(self, name: str) -> str:
@@ -60,12 +73,107 @@ class SshPhone:
         self.shell(f"kill $(cat {path}.pid) 2>/dev/null; rm -f {path}.pid")
 
     def fetch(self, path: str, local: Path) -> Path:
-        """Copy a file from the phone."""
+        """Copy a file from the phone (byte for byte: ``cat`` through the transport)."""
         local.parent.mkdir(parents=True, exist_ok=True)
         with local.open("wb") as out:
             done = subprocess.run(self.command(f"cat {shlex.quote(path)}"), stdout=out,
                                   stderr=subprocess.PIPE, timeout=120, check=False)
         if done.returncode != 0:
-            raise LabError(f"cannot fetch {path} from the phone: "
+            raise LabError(f"cannot fetch {path} from the {self.name}: "
                            f"{done.stderr.decode(errors='replace').strip()}")
         return local
+
+    def _run_all(self, scripts: dict[str, str], seconds: float) -> dict[str, str]:
+        """Run one script per app at once; their outputs, or a LabError naming the app."""
+        players = {app: subprocess.Popen(self.command(script), stdout=subprocess.PIPE,
+                                         stderr=subprocess.PIPE, text=True)
+                   for app, script in scripts.items()}
+        outputs = {}
+        deadline = time.monotonic() + seconds + 120
+        try:
+            for app, player in players.items():
+                out, err = player.communicate(timeout=max(1.0, deadline - time.monotonic()))
+                if player.returncode != 0:
+                    raise LabError(f"app {app} failed on the {self.name}: "
+                                   f"{(err.strip().splitlines() or ['no message'])[-1]}")
+                outputs[app] = out
+        except subprocess.TimeoutExpired as exc:
+            raise LabError("the apps did not finish in time") from exc
+        finally:
+            for player in players.values():
+                if player.poll() is None:
+                    player.kill()
+                    player.wait()
+        return outputs
+
+
+class LabHost(Phone):
+    """Any host of the emulated lab, over SSH with the lab's ssh_config (shell and fetch)."""
+
+    def __init__(self, ssh_config: Path, host: str) -> None:
+        self.ssh_config = ssh_config
+        self.host = host
+        self.name = host
+
+    def command(self, script: str) -> list[str]:
+        return ["ssh", "-F", str(self.ssh_config), self.host, script]
+
+
+class EmulatedPhone(LabHost):
+    """The emulated lab's phone; its apps are the synthetic ones, each under its own user."""
+
+    def __init__(self, ssh_config: Path, server: str) -> None:
+        super().__init__(ssh_config, "phone")
+        self.server = server
+
+    def packages_path(self) -> str:
+        return f"{APPS_DIR}/packages.txt"
+
+    def play(self, apps: Sequence[str], seconds: float, seed: int) -> list[dict]:
+        scripts = {
+            app: (f"runuser -u app-{app} -- python3 {APPS_DIR}/phone_apps.py "
+                  f"--profiles {APPS_DIR}/profiles.yml --app {app} --server {self.server} "
+                  f"--duration {seconds:g} --seed {seed + index} "
+                  f"--cafile {APPS_DIR}/ca.pem --json")
+            for index, app in enumerate(apps)
+        }
+        outputs = self._run_all(scripts, seconds)
+        return [json.loads(outputs[app].strip().splitlines()[-1]) for app in apps]
+
+
+class AndroidPhone(Phone):
+    """An Android(-x86) phone over adb; its apps are installed packages, driven by monkey.
+
+    Other apps are force-stopped first, so that what runs is what the session meant to run;
+    whatever still talks (system services, Google Play services) is labelled as what it is
+    by the socket tables anyway.
+    """
+
+    name = "Android phone"
+
+    def __init__(self, serial: str, throttle_ms: int = 300) -> None:
+        self.serial = serial
+        self.throttle_ms = throttle_ms
+
+    def command(self, script: str) -> list[str]:
+        return ["adb", "-s", self.serial, "shell", script]
+
+    def packages_path(self) -> str:
+        path = f"{PHONE_WORK_DIR}/packages.txt"
+        self.shell(f"mkdir -p {PHONE_WORK_DIR}; pm list packages -U > {path}")
+        return path
+
+    def play(self, apps: Sequence[str], seconds: float, seed: int) -> list[dict]:
+        running = self.shell("pm list packages -3").split()
+        for package in (line.removeprefix("package:") for line in running):
+            if package not in apps:
+                self.shell(f"am force-stop {shlex.quote(package)}")
+        # monkey counts events, not seconds: enough events for the session at the throttle.
+        events = max(1, int(seconds * 1000 / self.throttle_ms))
+        scripts = {
+            app: (f"monkey -p {shlex.quote(app)} -s {seed + index} --throttle "
+                  f"{self.throttle_ms} --pct-syskeys 0 {events}")
+            for index, app in enumerate(apps)
+        }
+        self._run_all(scripts, seconds)
+        return [{"app": app, "events": events} for app in apps]

@@ -26,3 +26,14 @@ def test_live_agent_runs_on_the_internal_interface(
 def test_live_agent_logs(gateway: testinfra.host.Host, lab_yml: dict) -> None:
     log = gateway.file(lab_yml["agent"]["log_path"])
     assert log.exists and "starting appsight live" in log.content_string
+
+
+def test_live_agent_classifies_with_the_deployed_model(
+        gateway: testinfra.host.Host, lab_yml: dict) -> None:
+    model = lab_yml["agent"]["model_path"]
+    live = [line for line in gateway.check_output("ps -eo args").splitlines()
+            if "appsight live" in line]
+    if gateway.file(model).exists:
+        assert all(f"-m {model}" in line for line in live), live
+    else:
+        assert not any(" -m " in line for line in live), live
