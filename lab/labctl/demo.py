@@ -40,7 +40,7 @@ from labctl.phone import EmulatedPhone, LabHost
 class DemoOptions:
     """How long the demo records: the defaults fit in a few minutes on two cores."""
 
-    seconds_per_app: float = 40.0
+    seconds_per_app: float = 30.0
     mixed_seconds: float = 60.0
     seed: int = 1
     fresh: bool = True  # rebuild the lab from scratch first
