@@ -72,7 +72,7 @@ class Demo:
         _say(f"results folder: {self.results}")
         runner = AnsibleRunner(self.repo, self.lab.state_dir / "inventory.ini",
                                self.logs / "ansible.log")
-        with self._stage("the emulated lab", "labctl.log"):
+        with self._stage("the emulated lab", self.lab.log_dir):
             if self.options.fresh:
                 self.lab.down()
             self.lab.up()
@@ -171,7 +171,9 @@ class Demo:
     # -- progress ------------------------------------------------------------------------
 
     @contextmanager
-    def _stage(self, title: str, log: str) -> Iterator[None]:
+    def _stage(self, title: str, log: str | Path) -> Iterator[None]:
+        """Number and time a stage; a failure names it and the log to read (a file of the
+        results' logs/, or an absolute path)."""
         self.stage_number += 1
         _say(f"[{self.stage_number}/{self.stage_count}] {title}")
         started = time.monotonic()

@@ -8,6 +8,8 @@ also reboots the emulated gateway and runs the whole suite again, which proves i
 
 from __future__ import annotations
 
+import re
+
 import testinfra
 
 UP_SCRIPT = "/usr/local/sbin/appsight-gateway-up"
@@ -27,7 +29,12 @@ def test_start_up_script_runs_at_boot(gateway: testinfra.host.Host) -> None:
         kept = gateway.file("/opt/.filetool.lst").content_string
         assert UP_SCRIPT.lstrip("/") in kept or UP_SCRIPT in kept
     elif gateway.file("/run/systemd/system").is_directory:
-        assert gateway.service("appsight-boot").is_enabled
+        # lab_base's boot_hook: one oneshot unit per hook, named after it.
+        assert gateway.service("appsight-gateway").is_enabled
+        assert gateway.service("appsight-live").is_enabled
+        # The gateway comes up before the agent that captures on it.
+        live_unit = gateway.file("/etc/systemd/system/appsight-live.service").content_string
+        assert re.search(r"^After=.*\bappsight-gateway\.service\b", live_unit, re.M), live_unit
     else:
         rc_local = gateway.file("/etc/rc.local")
         assert rc_local.mode & 0o111
