@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo demo-clean sample-demo test test-unit test-lab lint lint-lab bench sample clean
+.PHONY: install demo demo-clean sample-demo test test-unit test-lab test-vagrant lint lint-lab bench sample clean
 
 install: $(BIN)/appsight
 
@@ -40,6 +40,11 @@ test-unit: install
 # The emulated lab: up, provision, testinfra, idempotence, reboot, down (lab/run-lab-tests).
 test-lab: install
 	lab/run-lab-tests
+
+# The lab as real VMs under libvirt with software emulation (root): the project's Vagrantfile
+# and roles, testinfra, a reboot, testinfra again, destroy (lab/vagrant-tier/run; ~11 min).
+test-vagrant: install
+	lab/vagrant-tier/run $(VAGRANT_TIER_OPTIONS)
 
 lint: install lint-lab
 	$(BIN)/ruff check .
