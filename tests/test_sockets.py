@@ -26,7 +26,7 @@ from capture_builder import Packet, write_pcap
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
 
-# Real output of 'pm list packages -U' on Android-x86 9.0 (trimmed), with a shared UID.
+# Lines as 'pm list packages -U' prints them (Android 8 and later), with a shared UID.
 PM_OUTPUT = """\
 package:com.android.chrome uid:10057
 package:com.google.android.youtube uid:10083
