@@ -22,7 +22,7 @@ from appsight.addresses import NetworkMatcher, address_to_pair, pairs_to_address
 from appsight.bursts import BurstBlock, BurstSplitter
 from appsight.decode import PacketBatch
 from appsight.features import FEATURE_SETS
-from appsight.flows import FlowTable, _group, _mix, build_flows
+from appsight.flows import FlowTable, _group, _hash, build_flows
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -224,11 +224,7 @@ def test_empty_burst_is_rejected() -> None:
 # ----------------------------------------------------------------- hash collisions
 def full_hash(keys: Sequence[np.ndarray]) -> np.ndarray:
     """The 64-bit key hash exactly as ``_group`` computes it."""
-    h = np.zeros(len(keys[0]), dtype=np.uint64)
-    with np.errstate(over="ignore"):
-        for key in keys:
-            h = _mix(h, key)
-    return h
+    return _hash(list(keys))
 
 
 def prefix_hash(values: Sequence[int]) -> int:

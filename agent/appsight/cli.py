@@ -323,36 +323,20 @@ def cmd_labels_from_ndpi(args: argparse.Namespace) -> int:
 
 
 def cmd_labels_from_sockets(args: argparse.Namespace) -> int:
-    import csv
-
-    from .sockets import (
-        SocketOwners,
-        parse_packages,
-        parse_socket_tables,
-        read_text_lines,
-        rows_from_sockets,
-    )
+    from .sockets import write_socket_labels
 
     captures = expand_captures(args.captures)
     if not captures or "-" in captures:
         raise UsageError("give the capture files of the session (not standard input)")
-    owners = SocketOwners(parse_socket_tables(
-        read_text_lines(args.sockets, "socket samples"), args.sockets))
-    packages = parse_packages(read_text_lines(args.packages, "package list"), args.packages)
     out = sys.stdout if args.output in (None, "-") else _open_output(args.output)
-    writer = csv.writer(out)
-    writer.writerow(LABEL_COLUMNS)
-    flows = labelled = 0
-    for row in rows_from_sockets(captures, owners, packages, _options(args)):
-        flows += 1
-        if row[-1] is not None:
-            writer.writerow(row)
-            labelled += 1
-    if out is not sys.stdout:
-        out.close()
-    share = f" ({100 * labelled / flows:.0f} %)" if flows else ""
-    print(f"appsight: {labelled} of {flows} flows labelled by their socket's owner{share}; "
-          f"{owners.ambiguous} left out as ambiguous", file=sys.stderr)
+    try:
+        done = write_socket_labels(captures, args.sockets, args.packages, _options(args), out)
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    share = f" ({100 * done.labelled / done.flows:.0f} %)" if done.flows else ""
+    print(f"appsight: {done.labelled} of {done.flows} flows labelled by their socket's owner"
+          f"{share}; {done.ambiguous} left out as ambiguous", file=sys.stderr)
     return 0
 
 

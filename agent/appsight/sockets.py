@@ -22,14 +22,17 @@ ARM), which is what this reader assumes.
 
 from __future__ import annotations
 
+import csv
 import ipaddress
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 from .errors import UsageError
+from .labels import LABEL_COLUMNS
 from .pipeline import PipelineOptions, iter_flow_blocks
 from .report import flow_records
 
@@ -42,8 +45,7 @@ SYSTEM_LABEL = "system"
 #: table lists UID 0), so it says nothing about which app the flow was.
 _TCP_TIME_WAIT = "06"
 
-_TABLES = {"tcp": ("tcp", 4), "tcp6": ("tcp", 6), "udp": ("udp", 4), "udp6": ("udp", 6)}
-_SECTION = re.compile(r"^#\s*(tcp6?|udp6?)\s*$")
+_SECTION = re.compile(r"^#\s*(tcp|udp)6?\s*$")
 _PACKAGE = re.compile(r"^package:(?P<name>\S+)\s+uid:(?P<uid>\d+)")
 
 Endpoint = tuple[str, int]
@@ -87,7 +89,7 @@ def parse_socket_tables(lines: Iterable[str], source: str = "sockets") -> list[S
     for line in lines:
         marked = _SECTION.match(line.strip())
         if marked:
-            proto = _TABLES[marked.group(1)][0]
+            proto = marked.group(1)
             continue
         fields = line.split()
         if fields[:2] == ["sl", "local_address"]:  # a table's header line
@@ -195,6 +197,39 @@ def rows_from_sockets(
                 uid = owners.owner(proto, a, b)
                 yield (block.capture, proto, a[0], str(a[1]), b[0], str(b[1]),
                        None if uid is None else app_name(uid, packages))
+
+
+@dataclass
+class SocketLabelling:
+    """What :func:`write_socket_labels` wrote: flows seen, flows labelled, per app."""
+
+    flows: int = 0
+    labelled: int = 0
+    ambiguous: int = 0
+    per_app: dict[str, int] = field(default_factory=dict)
+
+
+def write_socket_labels(
+    captures: Sequence[str | Path], sockets: str | Path, packages: str | Path,
+    options: PipelineOptions, out: TextIO,
+) -> SocketLabelling:
+    """Read a session's socket samples and package list, and write the labels file of its
+    captures to ``out``: every flow whose socket owner is known, under the owner's app."""
+    owners = SocketOwners(parse_socket_tables(read_text_lines(sockets, "socket samples"),
+                                              str(sockets)))
+    names = parse_packages(read_text_lines(packages, "package list"), str(packages))
+    writer = csv.writer(out)
+    writer.writerow(LABEL_COLUMNS)
+    done = SocketLabelling()
+    for row in rows_from_sockets(captures, owners, names, options):
+        done.flows += 1
+        app = row[-1]
+        if app is not None:
+            writer.writerow(row)
+            done.labelled += 1
+            done.per_app[app] = done.per_app.get(app, 0) + 1
+    done.ambiguous = owners.ambiguous
+    return done
 
 
 def read_text_lines(path: str | Path, what: str) -> list[str]:

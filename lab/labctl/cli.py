@@ -137,7 +137,7 @@ def _collect(args: argparse.Namespace, lab: Lab) -> int:
     if args.adb:
         phone = AndroidPhone(args.adb)
     else:
-        if [state for _, state, _ in lab.status()] != ["running"] * 3:
+        if not lab.is_up():
             raise LabError("the emulated lab is not up: labctl up, then site.yml and apps.yml")
         phone = EmulatedPhone(lab.state_dir / "ssh_config", str(lab.config.upstream_address))
     repo = lab.config.source.parent.parent

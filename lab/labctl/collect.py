@@ -8,20 +8,12 @@ run at once and still be told apart: the labels come from the phone, not from th
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from appsight.labels import LABEL_COLUMNS
 from appsight.pipeline import PipelineOptions
-from appsight.sockets import (
-    SocketOwners,
-    parse_packages,
-    parse_socket_tables,
-    read_text_lines,
-    rows_from_sockets,
-)
+from appsight.sockets import write_socket_labels
 
 from labctl.ansible_runner import AnsibleRunner
 from labctl.errors import LabError
@@ -81,21 +73,9 @@ class Collector:
         captures = sorted((self.lab_results / "captures" / label).glob("*.pcap"))
         if not captures:
             raise LabError(f"no capture of session {label!r} was fetched from the gateway")
-        owners = SocketOwners(parse_socket_tables(read_text_lines(sockets, "socket samples"),
-                                                  str(sockets)))
-        names = parse_packages(read_text_lines(packages, "package list"), str(packages))
         out = self.results / "labels" / f"{label}.csv"
         out.parent.mkdir(parents=True, exist_ok=True)
-        result = SessionResult(label, captures, out)
         with out.open("w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(LABEL_COLUMNS)
-            for row in rows_from_sockets(captures, owners, names, self.options):
-                result.flows += 1
-                app = row[-1]
-                if app is not None:
-                    writer.writerow(row)
-                    result.labelled += 1
-                    result.per_app[app] = result.per_app.get(app, 0) + 1
-        return result
-
+            done = write_socket_labels(captures, sockets, packages, self.options, handle)
+        return SessionResult(label, captures, out, flows=done.flows, labelled=done.labelled,
+                             per_app=done.per_app)

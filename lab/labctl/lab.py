@@ -156,6 +156,10 @@ class Lab:
             rows.append((name, state, address))
         return rows
 
+    def is_up(self) -> bool:
+        """Whether every host of the lab is running."""
+        return all(state == "running" for _, state, _ in self.status())
+
     def leftovers(self) -> list[str]:
         """What of the lab still exists on the host: empty once 'down' has run."""
         found = []
