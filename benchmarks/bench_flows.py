@@ -50,7 +50,7 @@ REPO = tiled.REPO
 DOCS = REPO / "docs" / "benchmarks.md"
 TARGET_RATE = 1_000_000
 SAMPLE_SECONDS = 0.25  # how often the parent samples a child's RSS (for the growth check)
-FEATURE_SET_NAMES = ("seed14", "appscanner54", "timing39")
+FEATURE_SET_NAMES = ("seed14", "appscanner54", "timing39", "payload38")
 DEFAULT_FEATURES = "appscanner54"
 
 

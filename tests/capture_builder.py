@@ -258,6 +258,7 @@ class Decoded:
     dport: int
     ip_len: int
     frame_len: int
+    payload_len: int
 
     @property
     def five_tuple(self) -> tuple[int, str, int, str, int]:
@@ -269,7 +270,8 @@ def decoded_rows(packets: PacketBatch) -> list[Decoded]:
     dst = pairs_to_addresses(packets.dst_hi, packets.dst_lo)
     return [
         Decoded(int(packets.proto[i]), src[i], int(packets.sport[i]), dst[i],
-                int(packets.dport[i]), int(packets.ip_len[i]), int(packets.frame_len[i]))
+                int(packets.dport[i]), int(packets.ip_len[i]), int(packets.frame_len[i]),
+                int(packets.payload_len[i]))
         for i in range(len(packets))
     ]
 

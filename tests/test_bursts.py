@@ -31,6 +31,7 @@ def batch(ts_ns: Sequence[int]) -> PacketBatch:
         ts_ns=np.asarray(ts_ns, dtype=np.int64), frame_len=ints + 14, ip_len=ints,
         proto=np.full(n, 17, dtype=np.int64), src_hi=zeros_u, src_lo=zeros_u + 1,
         dst_hi=zeros_u, dst_lo=zeros_u + 2, sport=ints * 0 + 1, dport=ints * 0 + 2,
+        payload_len=(ints * 0).astype(np.int32),
     )
 
 

@@ -38,7 +38,7 @@ from scapy.contrib.gtp import GTP_U_Header, GTPPDUSessionContainer
 from scapy.contrib.mpls import MPLS
 from scapy.contrib.tzsp import TZSP, TZSPTagEnd, TZSPTagPadding, TZSPTagRXChannel
 from scapy.layers.dot11 import Dot11, Dot11QoS
-from scapy.layers.inet import ICMP, IP, TCP, UDP, fragment
+from scapy.layers.inet import ICMP, IP, TCP, UDP, IPOption_NOP, IPOption_RR, fragment
 from scapy.layers.inet6 import (
     IPv6,
     IPv6ExtHdrDestOpt,
@@ -204,6 +204,55 @@ def test_icmp_has_no_ports(tmp_path: Path) -> None:
     row = one(tmp_path, eth() / IP(src=C4, dst=S4) / ICMP(type=8) / b"ping")
     assert row.five_tuple == (1, C4, 0, S4, 0)
     assert row.ip_len == 20 + 8 + 4
+
+
+# ------------------------------------------------------------- payload lengths
+@pytest.mark.parametrize("case", [
+    "tcp", "tcp-options", "tcp-ack-only", "tcp-ipv6-extensions", "udp", "icmp", "ipv4-options",
+])
+def test_payload_length_is_what_follows_the_transport_header(tmp_path: Path, case: str) -> None:
+    """The payload length ignores IP version, IP and IPv6 extension headers and TCP options:
+    the same 37 bytes of data are 37 however they travel (an ACK carries 0)."""
+    packet, payload = {
+        "tcp": (IP(src=C4, dst=S4) / TCP(sport=40000, dport=443) / PAYLOAD, 37),
+        "tcp-options": (IP(src=C4, dst=S4) / TCP(
+            sport=40000, dport=443, options=[("MSS", 1460), ("Timestamp", (1, 2)), ("NOP", None),
+                                             ("WScale", 7)]) / PAYLOAD, 37),
+        "tcp-ack-only": (IP(src=C4, dst=S4) / TCP(
+            sport=40000, dport=443, flags="A", options=[("Timestamp", (1, 2))]), 0),
+        "tcp-ipv6-extensions": (IPv6(src=C6, dst=S6) / IPv6ExtHdrHopByHop() / IPv6ExtHdrDestOpt()
+                                / TCP(sport=40000, dport=443) / PAYLOAD, 37),
+        "udp": (IPv6(src=C6, dst=S6) / UDP(sport=5353, dport=53) / PAYLOAD, 37),
+        "icmp": (IP(src=C4, dst=S4) / ICMP(type=8) / PAYLOAD, 8 + 37),
+        "ipv4-options": (IP(src=C4, dst=S4, options=[IPOption_RR(routers=["1.2.3.4"]),
+                                                      IPOption_NOP()])
+                         / UDP(sport=1, dport=2) / PAYLOAD, 37),
+    }[case]
+    assert one(tmp_path, eth() / packet).payload_len == payload
+
+
+def test_payload_length_of_snapped_and_padded_frames(tmp_path: Path) -> None:
+    """The payload length comes from the IP header, so a snapshot length that cuts the data
+    off does not shorten it, and Ethernet padding does not lengthen it."""
+    full = bytes(eth() / IP(src=C4, dst=S4) / TCP(sport=1, dport=2) / (b"x" * 1400))
+    path = write_pcap(tmp_path / "snap.pcap", [Packet(10**18, full[:80], len(full))])
+    assert [r.payload_len for r in decode_capture(path)[0]] == [1400]
+    padded = bytes(eth() / IP(src=C4, dst=S4) / TCP(sport=1, dport=2, flags="A"))
+    padded += b"\0" * (60 - len(padded))
+    assert one(tmp_path, padded).payload_len == 0
+
+
+def test_payload_length_of_fragments_and_tunnels(tmp_path: Path) -> None:
+    """A first fragment's payload follows the UDP header, a later fragment's is all its data;
+    a tunnelled packet's payload is the inner packet's."""
+    datagram = IP(src=C4, dst=S4, id=7) / UDP(sport=5000, dport=6000) / (b"f" * 2000)
+    parts = fragment(datagram, fragsize=1000)
+    rows, _ = decode_frames(tmp_path, [bytes(eth() / p) for p in parts])
+    assert [r.payload_len for r in rows] == [1000 - 8, 1000, 8]
+    assert sum(r.payload_len for r in rows) == 2000
+    frame, _, _ = TUNNELS["gre"]
+    row = one(tmp_path, frame)
+    assert row.payload_len == len(PAYLOAD)
 
 
 # ------------------------------------------------------------- IPv6 extensions
@@ -518,7 +567,6 @@ def test_mixed_link_types_in_one_batch() -> None:
 # ------------------------------------------------------------- header details
 def test_ipv4_options_move_the_transport_header(tmp_path: Path) -> None:
     """Ports are read after the IHL-sized header, not at a fixed 20 bytes."""
-    from scapy.layers.inet import IPOption_NOP, IPOption_RR
 
     packet = IP(src=C4, dst=S4, options=[IPOption_RR(routers=["1.2.3.4"]), IPOption_NOP()]) \
         / TCP(sport=40000, dport=443, flags="PA") / PAYLOAD

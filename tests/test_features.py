@@ -13,62 +13,38 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import scipy.stats
-from appsight.addresses import NetworkMatcher, address_to_pair
-from appsight.bursts import BurstBlock
-from appsight.decode import PacketBatch
+from appsight.addresses import NetworkMatcher
 from appsight.errors import UsageError
 from appsight.features import (
     APPSCANNER54,
     DEFAULT_FEATURE_SET,
     FEATURE_SETS,
+    PAYLOAD38,
     SEED14,
     TIMING39,
     FeatureSet,
     get_feature_set,
 )
 from appsight.flows import FlowTable, build_flows
+from appsight.pipeline import PipelineOptions, iter_flow_blocks
+from capture_builder import Packet as CapturedPacket
+from capture_builder import write_pcap
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from packet_tuples import ICMP, TCP, UDP, Packet, make_batch, one_block, payload_of
+from scapy.layers.inet import IP as ScapyIP
+from scapy.layers.inet import TCP as ScapyTCP
+from scapy.layers.inet6 import IPv6
+from scapy.layers.l2 import Ether
+from scapy.packet import Packet as ScapyPacket
 
 REL, ABS = 1e-9, 1e-12
-TCP, UDP, ICMP = 6, 17, 1
-
-# (t_seconds, src, sport, dst, dport, proto, ip_len, frame_len)
-Packet = tuple[float, str, int, str, int, int, int, int]
-
-
-def make_batch(packets: Sequence[Packet]) -> PacketBatch:
-    """A PacketBatch, in the given (capture) order, from readable packet tuples."""
-    if not packets:
-        return PacketBatch.empty()
-    t, src, sport, dst, dport, proto, ip_len, frame_len = zip(*packets, strict=True)
-    s = [address_to_pair(a) for a in src]
-    d = [address_to_pair(a) for a in dst]
-
-    def i64(values: Sequence[int]) -> np.ndarray:
-        return np.array(values, dtype=np.int64)
-
-    def u64(values: Sequence[int]) -> np.ndarray:
-        return np.array(values, dtype=np.uint64)
-
-    return PacketBatch(
-        ts_ns=i64([round(x * 1e9) for x in t]), frame_len=i64(frame_len), ip_len=i64(ip_len),
-        proto=i64(proto), src_hi=u64([p[0] for p in s]), src_lo=u64([p[1] for p in s]),
-        dst_hi=u64([p[0] for p in d]), dst_lo=u64([p[1] for p in d]),
-        sport=i64(sport), dport=i64(dport),
-    )
-
-
-def one_block(batch: PacketBatch, starts: Sequence[int] | None = None) -> BurstBlock:
-    """The batch as one BurstBlock (one burst unless burst ``starts`` are given)."""
-    bounds = [0, len(batch)] if starts is None else list(starts)
-    return BurstBlock(batch, np.array(bounds, dtype=np.int64))
-
 
 # ----------------------------------------------------------------------- references
 @dataclass
@@ -79,6 +55,7 @@ class RefFlow:
     ts_ns: np.ndarray
     ip_len: np.ndarray
     fwd: np.ndarray
+    payload: np.ndarray
 
 
 def ref_flow(packets: Sequence[Packet], device: str | None = None) -> RefFlow:
@@ -92,6 +69,7 @@ def ref_flow(packets: Sequence[Packet], device: str | None = None) -> RefFlow:
         ts_ns=np.array([round(p[0] * 1e9) for p in packets], dtype=np.int64),
         ip_len=np.array([p[6] for p in packets], dtype=np.float64),
         fwd=np.array([(p[1], p[2]) == sender for p in packets], dtype=bool),
+        payload=np.array([payload_of(p[5], p[6]) for p in packets], dtype=np.float64),
     )
 
 
@@ -201,7 +179,33 @@ def ref_timing39(f: RefFlow) -> dict[str, float]:
     return out
 
 
-REFERENCES = {"seed14": ref_seed14, "appscanner54": ref_appscanner54, "timing39": ref_timing39}
+def ref_payload38(f: RefFlow) -> dict[str, float]:
+    """seed14, then the payload sizes of the packets that carry data: per direction, and the
+    first eight in capture order, positive when sent forward, negative when received; then
+    the protocol as yes/no."""
+    out = ref_seed14(f)
+    data = f.payload > 0
+    for name, mask in (("out", f.fwd), ("in", ~f.fwd)):
+        x = f.payload[data & mask]
+        out.update({
+            f"{name}_data_count": float(len(x)),
+            f"{name}_data_min": stat(np.min, x),
+            f"{name}_data_max": stat(np.max, x),
+            f"{name}_data_mean": stat(np.mean, x),
+            f"{name}_data_std": stat(np.std, x),
+            f"{name}_data_median": stat(np.median, x),
+            f"{name}_data_bytes": float(x.sum()),
+        })
+    signed = [size if forward else -size
+              for size, forward in zip(f.payload.tolist(), f.fwd.tolist(), strict=True) if size]
+    signed += [0.0] * 8
+    out.update({f"data{i + 1}_signed": float(signed[i]) for i in range(8)})
+    out.update({"is_tcp": float(f.proto == TCP), "is_udp": float(f.proto == UDP)})
+    return out
+
+
+REFERENCES = {"seed14": ref_seed14, "appscanner54": ref_appscanner54, "timing39": ref_timing39,
+              "payload38": ref_payload38}
 
 
 def assert_features_match(flows: FlowTable, refs: Sequence[RefFlow]) -> None:
@@ -395,8 +399,8 @@ def test_many_random_flows_in_several_bursts(seed: int) -> None:
 # ------------------------------------------------------------------- set definitions
 def test_feature_set_definitions() -> None:
     """Column counts, names and order are part of a model's contract."""
-    assert set(FEATURE_SETS) == {"seed14", "appscanner54", "timing39"}
-    assert DEFAULT_FEATURE_SET in FEATURE_SETS
+    assert set(FEATURE_SETS) == {"seed14", "appscanner54", "timing39", "payload38"}
+    assert DEFAULT_FEATURE_SET == "payload38"
     assert SEED14.columns == (
         "byte_ratio", "packet_ratio", "len_mean", "len_std", "len_kurtosis", "len_skew",
         "gap_mean", "gap_kurtosis", "gap_skew", "len_min", "len_max", "gap_min", "gap_max",
@@ -409,6 +413,11 @@ def test_feature_set_definitions() -> None:
     assert TIMING39.columns[-6:] == (
         "duration", "out_bytes", "in_bytes", "direction_changes", "is_tcp", "is_udp",
     )
+    assert PAYLOAD38.columns[:14] == SEED14.columns
+    assert PAYLOAD38.columns[14:21] == tuple(
+        f"out_data_{s}" for s in ("count", "min", "max", "mean", "std", "median", "bytes"))
+    assert PAYLOAD38.columns[-10:] == (
+        *(f"data{i}_signed" for i in range(1, 9)), "is_tcp", "is_udp")
     for name, fs in FEATURE_SETS.items():
         assert fs.name == name
         assert len(fs.columns) == len(set(fs.columns)) == int("".join(filter(str.isdigit, name)))
@@ -499,3 +508,36 @@ def test_feature_set_call_checks_the_shape() -> None:
     broken = FeatureSet("broken", 1, ("a", "b"), lambda f: np.zeros((len(f), 3)), "")
     with pytest.raises(AssertionError):
         broken(flows)
+
+
+def test_payload_columns_do_not_depend_on_ip_version_or_tcp_options(tmp_path: Path) -> None:
+    """One TLS-like exchange, written once over IPv4 without TCP options and once over IPv6
+    with timestamps on every segment and an ACK after each: the IP lengths differ, the payload
+    columns of payload38 do not (that is why they carry across networks)."""
+    sizes = [(True, 517), (False, 1400), (False, 1400), (False, 900), (True, 126), (False, 51)]
+
+    def conversation(ip: Callable[..., ScapyPacket], client: str, server: str,
+                     options: list[tuple[str, Any]], acks: bool) -> list[bytes]:
+        frames = []
+        for sent, size in sizes:
+            src, dst, sport, dport = ((client, server, 40000, 443) if sent
+                                      else (server, client, 443, 40000))
+            frames.append(bytes(Ether() / ip(src=src, dst=dst) / ScapyTCP(
+                sport=sport, dport=dport, flags="PA", options=options) / (b"x" * size)))
+            if acks:
+                frames.append(bytes(Ether() / ip(src=dst, dst=src) / ScapyTCP(
+                    sport=dport, dport=sport, flags="A", options=options)))
+        return frames
+
+    def payload_columns(frames: list[bytes]) -> np.ndarray:
+        path = write_pcap(tmp_path / "c.pcap", [
+            CapturedPacket(1_700_000_000 * 10**9 + i * 10**7, f) for i, f in enumerate(frames)])
+        blocks = list(iter_flow_blocks(path, PipelineOptions(burst_gap=None)))
+        assert len(blocks) == 1 and len(blocks[0].flows) == 1
+        return PAYLOAD38(blocks[0].flows)[0, len(SEED14.columns):]
+
+    plain = payload_columns(conversation(ScapyIP, "10.0.0.2", "93.184.216.34", [], False))
+    other = payload_columns(conversation(IPv6, "2001:db8::2", "2001:db8:ffff::1",
+                                         [("Timestamp", (1, 2)), ("NOP", None)], True))
+    assert np.array_equal(plain, other)
+    assert plain[-10:].tolist() == [517, -1400, -1400, -900, 126, -51, 0, 0, 1, 0]

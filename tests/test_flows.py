@@ -18,48 +18,16 @@ from typing import Any
 
 import numpy as np
 import pytest
-from appsight.addresses import NetworkMatcher, address_to_pair, pairs_to_addresses
+from appsight.addresses import NetworkMatcher, pairs_to_addresses
 from appsight.bursts import BurstBlock, BurstSplitter
 from appsight.decode import PacketBatch
 from appsight.features import FEATURE_SETS
 from appsight.flows import FlowTable, _group, _hash, build_flows
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from packet_tuples import TCP, UDP, Packet, make_batch, one_block
 
-TCP, UDP = 6, 17
 SECOND = 10**9
-
-# (t_seconds, src, sport, dst, dport, proto, ip_len, frame_len)
-Packet = tuple[float, str, int, str, int, int, int, int]
-
-
-def make_batch(packets: Sequence[Packet]) -> PacketBatch:
-    """A PacketBatch, in the given (capture) order, from readable packet tuples."""
-    if not packets:
-        return PacketBatch.empty()
-    t, src, sport, dst, dport, proto, ip_len, frame_len = zip(*packets, strict=True)
-    s = [address_to_pair(a) for a in src]
-    d = [address_to_pair(a) for a in dst]
-
-    def i64(values: Sequence[int]) -> np.ndarray:
-        return np.array(values, dtype=np.int64)
-
-    def u64(values: Sequence[int]) -> np.ndarray:
-        return np.array(values, dtype=np.uint64)
-
-    return PacketBatch(
-        ts_ns=i64([round(x * 1e9) for x in t]), frame_len=i64(frame_len), ip_len=i64(ip_len),
-        proto=i64(proto), src_hi=u64([p[0] for p in s]), src_lo=u64([p[1] for p in s]),
-        dst_hi=u64([p[0] for p in d]), dst_lo=u64([p[1] for p in d]),
-        sport=i64(sport), dport=i64(dport),
-    )
-
-
-def one_block(batch: PacketBatch, starts: Sequence[int] | None = None) -> BurstBlock:
-    """The batch as one BurstBlock (one burst unless burst ``starts`` are given)."""
-    bounds = [0, len(batch)] if starts is None else list(starts)
-    return BurstBlock(batch, np.array(bounds, dtype=np.int64))
-
 
 def endpoints(flows: FlowTable, k: int) -> tuple[str, int, str, int]:
     """Flow ``k``'s forward (source address, port, destination address, port) as text."""

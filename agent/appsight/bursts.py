@@ -123,7 +123,7 @@ class BurstSplitter:
         """Hold packets of the open burst, merging small batches as they come.
 
         A live interface hands on a batch every few packets; unmerged, each held packet would
-        cost about 1.4 kB of array headers instead of its 80 bytes. Merging the last two
+        cost about 1.4 kB of array headers instead of its 84 bytes. Merging the last two
         batches while the older is no larger (a binary counter) copies each packet about
         log2(MERGE_UP_TO / its batch size) times at most and keeps the list short.
         """

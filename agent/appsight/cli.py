@@ -678,7 +678,7 @@ def _add_live_limits(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--max-packets", type=int, default=DEFAULT_MAX_PACKETS, metavar="N",
-        help="for an interface or -: packets an open burst may hold, about 80 bytes each "
+        help="for an interface or -: packets an open burst may hold, about 84 bytes each "
         f"(default {DEFAULT_MAX_PACKETS}); beyond, as with --max-flows",
     )
 

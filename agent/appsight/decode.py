@@ -12,6 +12,11 @@ Decisions worth knowing (see ``docs/pipeline.md``):
 * Packet lengths used by features are IP-layer lengths (the IP total length of the innermost
   IP header), so models do not depend on the link type; byte counters are captured frame
   bytes, as Wireshark, nDPI and nfstream count them.
+* Each packet also carries its transport payload length: what follows the TCP header (with
+  its options) or the UDP header, or everything after the IP headers for other protocols and
+  for later fragments. It does not change with the IP version, IPv6 extension headers or TCP
+  options, which differ between networks and operating systems, so features built on it
+  carry from one capture to another better than IP lengths do.
 * Tunnels (IP-in-IP, 6in4, 4in6, GRE, GTP-U, VXLAN, CAPWAP data, TZSP) are decapsulated so the
   inner flow is the flow; ``decapsulate=False`` keeps the outer flow.
 * IP fragments: the first fragment carries the ports; later fragments of the same datagram
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 
@@ -75,14 +81,21 @@ class PacketBatch:
     dst_lo: np.ndarray
     sport: np.ndarray
     dport: np.ndarray
+    payload_len: np.ndarray
 
     def __len__(self) -> int:
         return len(self.ts_ns)
 
     COLUMNS = (
         "ts_ns", "frame_len", "ip_len", "proto", "src_hi", "src_lo",
-        "dst_hi", "dst_lo", "sport", "dport",
+        "dst_hi", "dst_lo", "sport", "dport", "payload_len",
     )
+    #: Column types other than int64: addresses are unsigned, and a payload length fits in
+    #: 32 bits, which keeps a held packet at 84 bytes.
+    DTYPES: ClassVar[dict[str, type]] = {
+        "src_hi": np.uint64, "src_lo": np.uint64, "dst_hi": np.uint64, "dst_lo": np.uint64,
+        "payload_len": np.int32,
+    }
 
     def take(self, index: np.ndarray | slice) -> PacketBatch:
         """The packets selected by ``index``, as a new batch."""
@@ -96,10 +109,7 @@ class PacketBatch:
 
     @classmethod
     def empty(cls) -> PacketBatch:
-        return cls(
-            *(np.zeros(0, dtype=np.uint64 if "hi" in c or "lo" in c else np.int64)
-              for c in cls.COLUMNS)
-        )
+        return cls(*(np.zeros(0, dtype=cls.DTYPES.get(c, np.int64)) for c in cls.COLUMNS))
 
 
 @dataclass
@@ -368,6 +378,7 @@ class Decoder:
             short = ~(ok_s & ok_d)
             sport[pidx[short]] = 0
             dport[pidx[short]] = 0
+        payload_len = self._payload_lengths(frames, keep, ported, cursor, ip_len, l4, proto)
         if frag_state.any():
             self._attribute_fragments(
                 np.flatnonzero(keep & (frag_state != 0)), frag_state, frag_id, proto,
@@ -386,7 +397,21 @@ class Decoder:
             dst_lo=dst_lo[sel],
             sport=sport[sel],
             dport=dport[sel],
+            payload_len=payload_len[sel],
         )
+
+    @staticmethod
+    def _payload_lengths(frames, keep, ported, cursor, ip_len, l4, proto) -> np.ndarray:
+        """Transport payload bytes: the IP data less the whole TCP (with options) or UDP
+        header where there is one; a data offset that cannot be read counts as 20 bytes."""
+        ip_data = np.maximum(cursor + ip_len - l4, 0)
+        header = np.zeros(len(ip_data), dtype=np.int64)
+        header[ported & (proto == PROTO_UDP)] = 8
+        tcp = np.flatnonzero(ported & (proto == PROTO_TCP))
+        if len(tcp):
+            offset_byte, ok = frames.u8(tcp, l4[tcp] + 12)
+            header[tcp] = np.where(ok & (offset_byte >= 0x50), (offset_byte >> 4) * 4, 20)
+        return np.where(keep, np.maximum(ip_data - header, 0), 0).astype(np.int32)
 
     def _parse_ip(self, frames, idx, cursor, what, proto, ip_len, l4, malformed, addrs,
                   frag_id, frag_state) -> None:

@@ -53,6 +53,7 @@ class FlowTable:
     pkt_ts: np.ndarray
     pkt_len: np.ndarray
     pkt_fwd: np.ndarray
+    pkt_payload: np.ndarray
 
     def __len__(self) -> int:
         return len(self.proto)
@@ -198,4 +199,5 @@ def build_flows(block: BurstBlock, device: NetworkMatcher | None = None) -> Flow
         pkt_ts=ts,
         pkt_len=burst.ip_len[packet_order],
         pkt_fwd=pkt_fwd,
+        pkt_payload=burst.payload_len[packet_order],
     )

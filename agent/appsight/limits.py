@@ -2,7 +2,7 @@
 
 A burst ends only after a silence of the burst gap. Traffic that never pauses for that long (a
 gateway in front of many devices, a long download beside chatty apps) makes one burst that
-lasts for hours, and until it ends its packets are all held: about 80 bytes each, so memory
+lasts for hours, and until it ends its packets are all held: about 84 bytes each, so memory
 grows with every packet, not only with every new flow. A live run therefore caps the open
 burst (``--max-flows``, ``--max-packets``): once a cap is passed, the flows that have been
 silent longest are taken out of the burst and reported at once, as flows of that burst (its
@@ -24,7 +24,7 @@ from .errors import UsageError
 from .flows import flow_hash
 
 DEFAULT_MAX_FLOWS = 100_000
-DEFAULT_MAX_PACKETS = 1_000_000  # about 80 MB held, and a few times that while building flows
+DEFAULT_MAX_PACKETS = 1_000_000  # about 84 MB held, and a few times that while building flows
 #: An eviction leaves this share of the cap that was passed. Each eviction costs time in
 #: proportion to the packets held (about 0.15 s for a million), so it should not come with
 #: every batch; a quarter of the cap makes it rare and still evicts only the flows silent
