@@ -31,6 +31,7 @@ from appsight.evaluation import (
     read_groups_file,
     reject_option_row,
     threshold_for_coverage,
+    with_confidence,
 )
 from appsight.features import FEATURE_SETS
 from appsight.model import UNKNOWN
@@ -369,3 +370,35 @@ def test_evaluate_refuses_leaky_test_inputs(shared_data: Path, subset_labels: Pa
     groups_args = ["--groups-file", str(groups), "--test", str(ndpi / "android.pcap")]
     assert main([*base, *groups_args]) == 2
     assert "shares packets with training capture" in capsys.readouterr().err
+
+
+# ===================================================================== ambiguity stage
+def test_with_confidence_keeps_answers_and_sets_the_top_value() -> None:
+    """Rows carry the checker's confidence as their top value; the answer never changes,
+    not even for a confidence of 0."""
+    confidence = np.array([0.5, 0.0, 1.0, 0.25, 0.9, 0.1])
+    scaled = with_confidence(PROBA, confidence)
+    assert scaled.argmax(axis=1).tolist() == PROBA.argmax(axis=1).tolist()
+    assert scaled.max(axis=1) == pytest.approx(np.maximum(confidence, 1e-12))
+    answer, _, answered = decide(scaled, CLASSES, 0.5)
+    assert answered.tolist() == [True, False, True, False, True, False]
+    assert answer[0] == "a" and answer[2] == "b"
+
+
+def test_cross_validate_with_ambiguity_answers_the_same_flows_the_same_way() -> None:
+    """The ambiguity stage changes confidences only: with no threshold every flow gets the
+    answer the plain forest gives; each fold's threshold is the checker's 0.5; overlapping
+    noisy apps leave the checker unsure of some flows."""
+    data = _synthetic(n_captures=12, apps=3, per_capture=30)
+    data.features[:, :2] += np.random.default_rng(5).normal(0, 3.0, size=(len(data), 2))
+    groups = data.captures
+    fold_of = group_folds(data.labels, groups, 3, seed=0)
+    plain = cross_validate(data, fold_of, groups, trees=20, seed=0)
+    checked = cross_validate(data, fold_of, groups, trees=20, seed=0, ambiguity=True)
+    assert (decide(checked.proba, checked.classes, None)[0].tolist()
+            == decide(plain.proba, plain.classes, None)[0].tolist())
+    assert [f.threshold for f in checked.folds] == [0.5, 0.5, 0.5]
+    confidence = checked.proba.max(axis=1)
+    assert ((confidence >= 0) & (confidence <= 1)).all()
+    assert not np.array_equal(confidence, plain.proba.max(axis=1))
+    assert 0 < int((confidence < 0.5).sum()) < len(data)

@@ -37,7 +37,6 @@ from appsight.cli import main
 from appsight.errors import AppsightError
 from appsight.features import APPSCANNER54, FEATURE_SETS, SEED14, FeatureSet
 from appsight.model import (
-    FORMAT_VERSION,
     MAGIC,
     TRUSTED_TYPES,
     UNKNOWN,
@@ -242,7 +241,7 @@ def test_save_replaces_atomically_and_reports_size(model: AppModel, tmp_path: Pa
     assert size == path.stat().st_size
     assert [p.name for p in tmp_path.iterdir()] == ["m.model"]
     header, payload = read_header(path)
-    assert header["format"] == FORMAT_VERSION
+    assert header["format"] == 1  # no checker: readable by appsight before format 2
     assert header["payload_bytes"] == len(payload)
 
 
@@ -278,7 +277,7 @@ def test_flipped_payload_byte_is_refused(good: bytes, tmp_path: Path, where: str
 # format, size) is named before the hash is even checked.
 HEADER_BYTE_EDITS = {
     "magic": (b"APPSIGHT-MODEL", b"APPSIGHT-MODEl", ("not an appsight model file",)),
-    "json": (b'{"burst_gap"', b'["burst_gap"', ("bad header",)),
+    "json": (b'{"ambiguity"', b'["ambiguity"', ("bad header",)),
     "format": (b'"format": 1', b'"format": 7', ("format 7 is newer", "upgrade")),
     "sha": (b'"sha256": "', None, ("SHA-256 mismatch",)),
     "size": (b'"payload_bytes": ', None, ("damaged model file",)),
@@ -704,3 +703,85 @@ def test_no_module_can_unpickle() -> None:
                 problems.append(f"{where}: mentions {needle}")
     assert skops_loads >= 1  # the audit does see the one real load in model.py
     assert problems == []
+
+
+# --------------------------------------------------------------------------- ambiguity checker
+def with_checker(model: AppModel, trees: int = 5) -> AppModel:
+    """The model plus a real checker forest (right/wrong labels from a fixed rule), as
+    ``train --ambiguity`` stores it."""
+    from appsight.training import make_forest
+
+    features, labels = sample_features(model.feature_set)
+    keep = [i for i, label in enumerate(labels) if label]
+    right = np.arange(len(keep)) % 3 != 0
+    checker = make_forest(trees, seed=3).fit(features[keep], right)
+    return AppModel(model.forest, model.feature_set, 0.5, model.burst_gap,
+                    dict(model.metadata), checker=checker)
+
+
+def test_model_with_checker_round_trips_as_format_2(model: AppModel, tmp_path: Path) -> None:
+    """The checker travels in the payload, the header says so, and the loaded model's
+    confidences are the checker's probability of being right, identical after loading."""
+    checked = with_checker(model)
+    path = tmp_path / "checked.model"
+    checked.save(path)
+    header, _ = split_file(path.read_bytes())
+    assert header["format"] == 2 and header["ambiguity"] is True
+    loaded = load_model(path)
+    assert loaded.checker is not None
+    rows = probe_rows()
+    apps, confidence = checked.predict(rows)
+    loaded_apps, loaded_confidence = loaded.predict(rows)
+    assert loaded_apps == apps
+    assert np.array_equal(loaded_confidence, confidence)
+    right = checked.checker.predict_proba(rows)[:, list(checked.checker.classes_).index(True)]
+    assert np.array_equal(confidence, right)
+    plain_apps, _ = model.predict(rows, threshold=0.0)
+    assert loaded.predict(rows, threshold=0.0)[0] == plain_apps
+
+
+def test_model_without_checker_stays_format_1(good: bytes) -> None:
+    header, _ = split_file(good)
+    assert header["format"] == 1 and header["ambiguity"] is False
+
+
+def test_checker_payload_under_a_plain_header_is_refused(
+    model: AppModel, good: bytes, tmp_path: Path
+) -> None:
+    """Header and payload must agree on whether there is a checker, both ways."""
+    checked = with_checker(model)
+    source = tmp_path / "checked.model"
+    checked.save(source)
+    checked_header, checked_payload = split_file(source.read_bytes())
+    plain_header, plain_payload = split_file(good)
+    path = tmp_path / "mixed.model"
+    path.write_bytes(assemble({**plain_header, "format": 2}, checked_payload))
+    refused(path, "does not match its header")
+    path.write_bytes(assemble(checked_header, plain_payload))
+    refused(path, "does not match its header")
+
+
+def test_checker_that_is_not_a_right_or_wrong_forest_is_refused(
+    model: AppModel, tmp_path: Path
+) -> None:
+    """A checker must be a forest over the same columns whose classes are True/False."""
+    source = tmp_path / "checked.model"
+    with_checker(model).save(source)
+    header, _ = split_file(source.read_bytes())
+    path = tmp_path / "bad-checker.model"
+    path.write_bytes(assemble(header, sio.dumps({"forest": model.forest,
+                                                 "checker": model.forest})))
+    refused(path, "ambiguity checker does not match")
+
+
+def test_right_probability_of_a_one_sided_checker() -> None:
+    """A checker that only ever saw right answers says 'right' with certainty; one that only
+    saw wrong answers, 'wrong'."""
+    from appsight.model import right_probability
+    from appsight.training import make_forest
+
+    rows = np.arange(12, dtype=np.float64).reshape(6, 2)
+    always = make_forest(3, seed=0).fit(rows, np.ones(6, dtype=bool))
+    never = make_forest(3, seed=0).fit(rows, np.zeros(6, dtype=bool))
+    assert right_probability(always, rows).tolist() == [1.0] * 6
+    assert right_probability(never, rows).tolist() == [0.0] * 6

@@ -169,6 +169,70 @@ def test_given_threshold_is_stored(tmp_path: Path, capsys: pytest.CaptureFixture
     assert model.metadata["training"]["threshold_chosen_by"] == "given"
 
 
+def sample_copies(folder: Path, count: int) -> tuple[list[Path], Path]:
+    """``count`` copies of the sample capture under their own names, and a labels file
+    labelling each copy's flows as the sample's."""
+    copies, rows = [], [SAMPLE_LABELS.splitlines()[0]]
+    for i in range(count):
+        copy = folder / f"copy{i}.pcap"
+        copy.write_bytes(SAMPLE.read_bytes())
+        copies.append(copy)
+        rows += [line.replace("sample.pcap", copy.name)
+                 for line in SAMPLE_LABELS.splitlines()[1:]]
+    (folder / "labels.csv").write_text("\n".join(rows) + "\n")
+    return copies, folder / "labels.csv"
+
+
+def test_train_with_ambiguity_stores_a_checker(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--ambiguity: the model carries its checker (format 2), the threshold is the checker's
+    0.5, and classify reports the checker's confidence."""
+    copies, labels = sample_copies(tmp_path, 5)
+    status, out, err = run(capsys, "train", "--labels", labels, *copies, "-o", tmp_path / "m",
+                           "--trees", "5", "--ambiguity")
+    assert status == 0, err
+    assert "threshold 0.50 (ambiguity checker: more likely right)" in out
+    model = load_model(tmp_path / "m")
+    assert model.checker is not None and model.threshold == 0.5
+    assert model.metadata["training"]["ambiguity"] is True
+    status, out, err = run(capsys, "classify", "-m", tmp_path / "m", "--json", copies[0])
+    assert status == 0, err
+    rows = json_rows(out)
+    assert_classified(rows, model.classes)
+    features = np.vstack([model.feature_set(b.flows)
+                          for b in iter_flow_blocks(copies[0], PipelineOptions())])
+    _, expected = model.predict(features)
+    assert [r["confidence"] for r in rows] == pytest.approx(expected.tolist())
+
+
+@pytest.mark.parametrize(("case", "message"), [
+    ("one capture", "needs every app in at least 2 independent captures; only one for "
+                    "udp-app, web"),
+    ("all overlapping", "needs every app in at least 2 independent captures"),
+    ("groups without ambiguity", "--groups-file is for --ambiguity"),
+])
+def test_train_with_ambiguity_refuses_single_capture_apps(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str, message: str
+) -> None:
+    """The checker learns from captures held out: an app in one capture (or in captures
+    that all overlap) cannot be held out and kept, so training stops with one line."""
+    copies, labels = sample_copies(tmp_path, 1 if case == "one capture" else 4)
+    pairs = tmp_path / "pairs.tsv"
+    pairs.write_text("file_a\tfile_b\n" + "".join(
+        f"{copies[0].name}\t{c.name}\n" for c in copies[1:]))
+    extra = {"one capture": ["--ambiguity"],
+             "all overlapping": ["--ambiguity", "--groups-file", pairs],
+             "groups without ambiguity": ["--groups-file", pairs]}[case]
+    status, _, err = run(capsys, "train", "--labels", labels, *copies, "-o", tmp_path / "m",
+                         "--trees", "5", *extra)
+    assert status == 2
+    last = err.splitlines()[-1]
+    assert last.startswith("appsight: error:") and message in last, last
+    assert "Traceback" not in err
+    assert not (tmp_path / "m").exists()
+
+
 def test_train_with_one_class_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     labels = "\n".join(line for line in SAMPLE_LABELS.splitlines() if "udp" not in line)
     (tmp_path / "labels.csv").write_text(labels + "\n")

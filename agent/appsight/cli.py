@@ -369,10 +369,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"appsight: {len(dataset)} labelled flows in {len(counts)} apps "
           f"({dataset.unlabelled} unlabelled, {dataset.dropped} filtered out); training "
           f"{args.trees} trees", file=sys.stderr)
+    groups = None
+    if args.ambiguity:
+        import numpy as np
+
+        from .evaluation import groups_from_files
+
+        group_of = groups_from_files(dataset.captures.tolist(), args.groups_file or [])
+        groups = np.array([group_of[c] for c in dataset.captures.tolist()], dtype=object)
+    elif args.groups_file:
+        raise UsageError("--groups-file is for --ambiguity")
     model = train_model(
         dataset, options, trees=args.trees, max_leaves=args.max_leaves or None,
         class_weight=None if args.class_weight == "none" else args.class_weight,
-        threshold=args.threshold, seed=args.seed,
+        threshold=args.threshold, seed=args.seed, ambiguity=args.ambiguity, groups=groups,
     )
     size = model.save(args.output)
     training = model.metadata["training"]
@@ -549,12 +559,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
               f"{mode}, {args.trees} trees", file=sys.stderr)
         fold_of = group_folds(train.labels, train_groups_array, args.folds, args.seed)
         predictions = cross_validate(train, fold_of, train_groups_array, args.trees,
-                                     max_leaves, args.seed, args.threshold, fold_done)
+                                     max_leaves, args.seed, args.threshold, fold_done,
+                                     args.ambiguity)
     else:
         mode = "training inputs against separate test inputs"
         print(f"appsight: training on {len(train)} flows of {len(apps)} apps, testing on "
               f"{len(test)} flows; {args.trees} trees", file=sys.stderr)
-        predictions = train_test(train, test, args.trees, max_leaves, args.seed, args.threshold)
+        predictions = train_test(train, test, args.trees, max_leaves, args.seed, args.threshold,
+                                 train_groups_array if args.ambiguity else None)
         fold_done(predictions.folds[0])
         unseen = predictions.folds[0].unseen_apps
         if unseen:
@@ -583,7 +595,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             "features": feature_set.tag, "folds": None if test is not None else args.folds,
             "trees": args.trees, "max_leaves": max_leaves, "seed": args.seed,
             "threshold": args.threshold if args.threshold is not None
+            else "0.5 on the ambiguity checker's probability" if args.ambiguity
             else "chosen from out-of-bag predictions of each training side",
+            "ambiguity": args.ambiguity,
             "burst_gap": options.burst_gap, "drop_background": args.drop_background,
             "min_packets": args.min_packets, "min_class_flows": args.min_class_flows,
             "min_class_captures": args.min_class_captures,
@@ -798,6 +812,15 @@ then:
                        help="confidence below which a flow is 'unknown' (default: chosen "
                        "from out-of-bag predictions and stored in the model)")
     train.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    train.add_argument("--ambiguity", action="store_true", help=(
+        "AppScanner's second stage: also train a forest that predicts when the first is "
+        "wrong, learnt from a cross-validation by capture inside the training data (every app "
+        "needs 2 or more independent captures; training takes about 3 times as long). A "
+        "flow's confidence is then that forest's probability that the answer is right "
+        "(threshold 0.5 unless given); docs/accuracy.md measures the gain"))
+    train.add_argument("--groups-file", metavar="TSV", action="append",
+                       help="for --ambiguity: pairs of captures that share packets, as for "
+                       "'evaluate'; repeatable")
     train.set_defaults(run=cmd_train)
 
     classify = sub.add_parser(
@@ -912,6 +935,12 @@ then:
                           help="random seed of the folds and forests (default 0)")
     evaluate.add_argument("--json", action="store_true",
                           help="print one JSON object (the contents of results.json)")
+    evaluate.add_argument("--ambiguity", action="store_true", help=(
+        "AppScanner's second stage: also train a forest that predicts when the first is "
+        "wrong, learnt from a cross-validation by capture inside the training data (every app "
+        "needs 2 or more independent captures; training takes about 3 times as long). A "
+        "flow's confidence is then that forest's probability that the answer is right "
+        "(threshold 0.5 unless given); docs/accuracy.md measures the gain"))
     evaluate.set_defaults(run=cmd_evaluate)
     return parser
 

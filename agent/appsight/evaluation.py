@@ -34,8 +34,16 @@ from typing import Any
 import numpy as np
 
 from .errors import UsageError
-from .model import UNKNOWN
-from .training import DEFAULT_MAX_LEAVES, DEFAULT_TREES, Dataset, choose_threshold, make_forest
+from .model import UNKNOWN, right_probability
+from .training import (
+    CHECKER_THRESHOLD,
+    DEFAULT_MAX_LEAVES,
+    DEFAULT_TREES,
+    Dataset,
+    choose_threshold,
+    fit_checker,
+    make_forest,
+)
 
 #: The thresholds of AppScanner's reject-option table.
 CHECKPOINTS: tuple[float, ...] = (0.5, 0.7, 0.9)
@@ -240,22 +248,42 @@ class Predictions:
         return sum(f.fit_seconds for f in self.folds)
 
 
+def with_confidence(proba: np.ndarray, confidence: np.ndarray) -> np.ndarray:
+    """Rows scaled so that each row's top value is ``confidence`` and its answer unchanged.
+
+    Every metric here reads an answer (the top column) and a confidence (its value) from a
+    row; with an ambiguity checker the confidence is the checker's, so the rows carry it.
+    """
+    top = proba.max(axis=1, initial=0.0) if proba.shape[1] else np.zeros(len(proba))
+    # A confidence of 0 is kept a hair above 0, so the row still names its answer.
+    wanted = np.maximum(confidence, 1e-12)
+    scale = np.divide(wanted, top, out=np.zeros(len(proba)), where=top > 0)
+    return proba * scale[:, None]
+
+
 def fit_predict(
     train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, classes: Sequence[str],
     trees: int = DEFAULT_TREES, max_leaves: int | None = DEFAULT_MAX_LEAVES, seed: int = 0,
-    threshold: float | None = None,
+    threshold: float | None = None, train_groups: np.ndarray | None = None,
 ) -> tuple[np.ndarray, float, float]:
     """(test probabilities over ``classes``, threshold, fit seconds) from the training forest.
 
     The probability columns are widened to ``classes``: an app missing from this training
-    side gets probability 0, so it is never predicted, as a deployed model could not.
+    side gets probability 0, so it is never predicted, as a deployed model could not. With
+    ``train_groups`` (the capture group of each training flow), the ambiguity checker is
+    trained too and each row's top value is its probability that the answer is right.
     """
-    forest = make_forest(trees, max_leaves, seed=seed, oob=threshold is None)
+    ambiguity = train_groups is not None
+    forest = make_forest(trees, max_leaves, seed=seed, oob=threshold is None and not ambiguity)
     started = time.perf_counter()
     with warnings.catch_warnings():
         # Few trees leave some flows without out-of-bag votes; they count as no answer.
         warnings.simplefilter("ignore", UserWarning)
         forest.fit(train_x, train_y.astype(str))
+    checker = None
+    if train_groups is not None:
+        checker = fit_checker(train_x, train_y, train_groups, trees, max_leaves, seed)
+        threshold = CHECKER_THRESHOLD if threshold is None else threshold
     seconds = time.perf_counter() - started
     if threshold is None:
         oob = np.nan_to_num(forest.oob_decision_function_)
@@ -266,15 +294,18 @@ def fit_predict(
         position = {c: i for i, c in enumerate(classes)}
         columns = [position[str(c)] for c in forest.classes_]
         proba[:, columns] = forest.predict_proba(test_x)
+        if checker is not None:
+            proba = with_confidence(proba, right_probability(checker, test_x))
     return proba, float(threshold), seconds
 
 
 def cross_validate(
     dataset: Dataset, fold_of_group: dict[str, int], groups: np.ndarray,
     trees: int = DEFAULT_TREES, max_leaves: int | None = DEFAULT_MAX_LEAVES, seed: int = 0,
-    threshold: float | None = None, on_fold: Any = None,
+    threshold: float | None = None, on_fold: Any = None, ambiguity: bool = False,
 ) -> Predictions:
-    """Out-of-fold predictions: each fold is predicted by a forest that never saw its groups."""
+    """Out-of-fold predictions: each fold is predicted by a forest that never saw its groups
+    (and, with ``ambiguity``, by a checker trained on the training folds only)."""
     classes = sorted(set(dataset.labels.astype(str).tolist()))
     fold = np.array([fold_of_group[g] for g in groups.tolist()], dtype=np.int64)
     proba = np.zeros((len(dataset), len(classes)))
@@ -288,7 +319,7 @@ def cross_validate(
             raise UsageError(f"fold {k + 1}: fewer than two apps left to train on")
         proba[test], chosen, seconds = fit_predict(
             dataset.features[train], train_y, dataset.features[test], classes, trees,
-            max_leaves, seed, threshold,
+            max_leaves, seed, threshold, groups[train] if ambiguity else None,
         )
         cut[test] = chosen
         unseen = sorted(set(dataset.labels[test].tolist()) - set(train_y.tolist()))
@@ -304,12 +335,14 @@ def cross_validate(
 def train_test(
     train: Dataset, test: Dataset, trees: int = DEFAULT_TREES,
     max_leaves: int | None = DEFAULT_MAX_LEAVES, seed: int = 0, threshold: float | None = None,
+    train_groups: np.ndarray | None = None,
 ) -> Predictions:
-    """Predictions on separate test inputs from a forest trained on the training inputs."""
+    """Predictions on separate test inputs from a forest trained on the training inputs
+    (and an ambiguity checker when the training flows' capture groups are given)."""
     train_y = train.labels.astype(str)
     classes = sorted(set(train_y.tolist()) | set(test.labels.astype(str).tolist()))
     proba, chosen, seconds = fit_predict(train.features, train_y, test.features, classes,
-                                         trees, max_leaves, seed, threshold)
+                                         trees, max_leaves, seed, threshold, train_groups)
     unseen = sorted(set(test.labels.tolist()) - set(train_y.tolist()))
     fold = FoldResult(1, len(train), len(test), sorted(set(test.captures.tolist())), chosen,
                       seconds, unseen)
@@ -539,7 +572,7 @@ def format_report(summary: dict[str, Any]) -> str:
         name = "none" if t is None else t if isinstance(t, str) else f"{t:.1f}"
         lines.append(f"  {name:>9}  {_num(row['precision']):>9}  {_num(row['recall']):>6}  "
                      f"{_num(row['accuracy']):>8}  {_num(row['classified']):>9}%")
-    lines.append("  * the chosen threshold (out-of-bag, training side only)")
+    lines.append("  * the chosen threshold (from the training side only)")
     lines.append("")
     f1 = summary["macro_f1"]
     lines.append(

@@ -4,7 +4,8 @@ The agent runs as root on a gateway, so loading a model must not run code. A mod
 
     APPSIGHT-MODEL\\n
     <one line of JSON: format, metadata, payload size, and a SHA-256 of header and payload>\\n
-    <payload: the forest saved by skops.io>
+    <payload: the forest saved by skops.io; with an ambiguity stage (format 2), a dict of
+     the forest and its checker>
 
 On load the header is parsed (bounded in size) and its values checked; the length and the
 SHA-256 (over the header's other fields and the payload) are checked, so truncation or a
@@ -34,7 +35,9 @@ from .errors import AppsightError
 from .features import FEATURE_SETS, FeatureSet
 
 MAGIC = b"APPSIGHT-MODEL\n"
-FORMAT_VERSION = 1
+#: 1: one forest; 2: a forest and its ambiguity checker. A model without a checker is still
+#: written as format 1, so older appsight versions keep reading it.
+FORMAT_VERSION = 2
 MAX_HEADER = 1 << 20
 UNKNOWN = "unknown"
 
@@ -47,12 +50,23 @@ TRUSTED_TYPES = ("sklearn.tree._tree.Tree",)
 #: Header fields the model writes itself; metadata cannot override them.
 RESERVED_FIELDS = frozenset({
     "format", "payload_bytes", "sha256", "feature_set", "feature_set_version",
-    "feature_columns", "classes", "threshold", "burst_gap", "versions",
+    "feature_columns", "classes", "threshold", "burst_gap", "versions", "ambiguity",
 })
 
 
 class ModelError(AppsightError):
     """A model file that cannot be used: missing, damaged, tampered with or incompatible."""
+
+
+def right_probability(checker: Any, features: np.ndarray) -> np.ndarray:
+    """The ambiguity checker's probability that the main forest's answer is right.
+
+    A checker trained where the forest was always right (or always wrong) knows one class
+    only; its answer is then that class with certainty.
+    """
+    proba = checker.predict_proba(features)
+    where = [i for i, c in enumerate(checker.classes_) if bool(c)]
+    return proba[:, where[0]] if where else np.zeros(len(features))
 
 
 def _canonical(header: dict[str, Any]) -> bytes:
@@ -67,13 +81,19 @@ def header_digest(header: dict[str, Any], payload: bytes) -> str:
 
 @dataclass
 class AppModel:
-    """A trained forest with the settings it was trained with."""
+    """A trained forest with the settings it was trained with.
+
+    With an ambiguity ``checker`` (AppScanner's second stage, see
+    :func:`appsight.training.fit_checker`), a flow's confidence is the checker's probability
+    that the forest's answer is right, not the forest's top vote share.
+    """
 
     forest: Any
     feature_set: FeatureSet
     threshold: float
     burst_gap: float | None
     metadata: dict[str, Any] = field(default_factory=dict)
+    checker: Any = None
 
     @property
     def classes(self) -> list[str]:
@@ -92,6 +112,12 @@ class AppModel:
         ])
         best = probabilities.argmax(axis=1)
         confidence = probabilities[np.arange(len(best)), best]
+        if self.checker is not None:
+            self.checker.n_jobs = 1
+            confidence = np.concatenate([
+                right_probability(self.checker, features[i : i + batch])
+                for i in range(0, len(features), batch)
+            ])
         classes = self.forest.classes_
         apps = [str(classes[b]) if c >= cut else UNKNOWN
                 for b, c in zip(best.tolist(), confidence.tolist(), strict=True)]
@@ -102,10 +128,13 @@ class AppModel:
         """Write the model file; returns its size in bytes."""
         import skops.io as sio
 
-        payload = sio.dumps(self.forest, compression=zipfile.ZIP_DEFLATED, compresslevel=6)
+        stored = (self.forest if self.checker is None
+                  else {"forest": self.forest, "checker": self.checker})
+        payload = sio.dumps(stored, compression=zipfile.ZIP_DEFLATED, compresslevel=6)
         header = {
             **{k: v for k, v in self.metadata.items() if k not in RESERVED_FIELDS},
-            "format": FORMAT_VERSION,
+            "format": 1 if self.checker is None else 2,
+            "ambiguity": self.checker is not None,
             "payload_bytes": len(payload),
             "feature_set": self.feature_set.name,
             "feature_set_version": self.feature_set.version,
@@ -226,7 +255,7 @@ def load_model(path: str | Path, expect_sha256: str | None = None) -> AppModel:
     if refused:
         raise ModelError(f"{path}: model holds types that are not trusted: {', '.join(refused)}")
     try:
-        forest = sio.loads(payload, trusted=list(untrusted))
+        stored = sio.loads(payload, trusted=list(untrusted))
     except Exception as exc:  # an incompatible scikit-learn shows up here
         trained = header.get("versions", {}).get("scikit-learn", "?")
         raise ModelError(
@@ -235,6 +264,19 @@ def load_model(path: str | Path, expect_sha256: str | None = None) -> AppModel:
         ) from None
     from sklearn.ensemble import RandomForestClassifier
 
+    checker = None
+    if header.get("ambiguity") is True:
+        if not isinstance(stored, dict) or set(stored) != {"forest", "checker"}:
+            raise ModelError(f"{path}: model payload does not match its header")
+        forest, checker = stored["forest"], stored["checker"]
+        if not isinstance(checker, RandomForestClassifier) or np.asarray(
+            checker.classes_
+        ).dtype != np.bool_ or getattr(checker, "n_features_in_", None) != len(
+            feature_set.columns
+        ):
+            raise ModelError(f"{path}: the ambiguity checker does not match the model")
+    else:
+        forest = stored
     if not isinstance(forest, RandomForestClassifier) or [
         str(c) for c in forest.classes_
     ] != list(header.get("classes", [])):
@@ -248,6 +290,7 @@ def load_model(path: str | Path, expect_sha256: str | None = None) -> AppModel:
         threshold=float(header.get("threshold", 0.5)),
         burst_gap=header.get("burst_gap"),
         metadata=meta,
+        checker=checker,
     )
 
 
