@@ -76,6 +76,9 @@ IMG = REPO / "docs" / "img"
 OUR_SETS = ("seed14", "appscanner54", "timing39", "payload38")
 #: Coverages at which the default is compared with every other set (1.0: no threshold).
 COVERAGES = (1.0, 0.8, 0.6)
+#: The ambiguity stage, two ways of labelling the training flows it learns from.
+CHECKER_NAMES = {"grouped": "ambiguity stage (appsight: held-out captures)",
+                 "oob": "ambiguity stage (AppScanner: out-of-bag answers)"}
 NF_DIRECTIONS = ("bidirectional", "src2dst", "dst2src")
 #: nfstream's statistical_analysis=True features: sizes and inter-arrival times (min, mean,
 #: stddev, max) per direction, and TCP flag counts per direction.
@@ -290,6 +293,57 @@ def run(variant: Variant, fold_of: dict[str, int], trees: int, seed: int) -> Run
         f"(80 % coverage)  fit {predictions.fit_seconds:.1f} s "
         f"[{time.perf_counter() - started:.0f} s]")
     return Run(variant, seed, predictions, summary)
+
+
+def oob_checker_cv(dataset: Dataset, fold_of: dict[str, int], groups: np.ndarray, trees: int,
+                   seed: int) -> Predictions:
+    """The ambiguity stage as AppScanner built it, for comparison: each training flow is
+    labelled right or wrong by the first forest's own (out-of-bag) answer on the training
+    data, and a second forest learns that; threshold 0.5 on its probability."""
+    from appsight.evaluation import FoldResult, with_confidence
+    from appsight.model import right_probability
+    from appsight.training import CHECKER_THRESHOLD, make_forest
+
+    y = dataset.labels.astype(str)
+    classes = sorted(set(y.tolist()))
+    fold = np.array([fold_of[g] for g in groups.tolist()], dtype=np.int64)
+    proba = np.zeros((len(y), len(classes)))
+    results = []
+    for k in sorted(set(fold.tolist())):
+        test, train = fold == k, fold != k
+        started = time.perf_counter()
+        forest = make_forest(trees, seed=seed, oob=True)
+        forest.fit(dataset.features[train], y[train])
+        oob = np.nan_to_num(forest.oob_decision_function_)
+        right = forest.classes_[oob.argmax(axis=1)] == y[train]
+        checker = make_forest(trees, seed=seed)
+        checker.fit(dataset.features[train], right)
+        columns = [classes.index(str(c)) for c in forest.classes_]
+        proba[np.ix_(test, columns)] = forest.predict_proba(dataset.features[test])
+        proba[test] = with_confidence(proba[test],
+                                      right_probability(checker, dataset.features[test]))
+        results.append(FoldResult(k + 1, int(train.sum()), int(test.sum()), [],
+                                  CHECKER_THRESHOLD, time.perf_counter() - started))
+    return Predictions(classes, y, proba, np.full(len(y), CHECKER_THRESHOLD), results)
+
+
+def checker_run(variant: Variant, fold_of: dict[str, int], trees: int, seed: int,
+                way: str) -> Run:
+    """``variant`` with the ambiguity stage: appsight's (``grouped``) or AppScanner's."""
+    started = time.perf_counter()
+    if way == "grouped":
+        predictions = cross_validate(variant.dataset, fold_of, variant.groups, trees=trees,
+                                     seed=seed, ambiguity=True)
+    else:
+        predictions = oob_checker_cv(variant.dataset, fold_of, variant.groups, trees, seed)
+    summary = summarise(predictions)
+    f1 = summary["macro_f1"]
+    log(f"  seed {seed}  {variant.name} + {way} ambiguity stage: macro-F1 "
+        f"{f1['coverage_80']:.3f} (80 % coverage), {f1['chosen_threshold']:.3f} at 0.5 "
+        f"[{time.perf_counter() - started:.0f} s]")
+    return Run(Variant(f"{variant.name}, {CHECKER_NAMES[way]}", variant.burst,
+                       variant.dataset, variant.groups, variant.keys), seed, predictions,
+               summary)
 
 
 def leaky_reference(dataset: Dataset, trees: int, folds: int, seed: int) -> dict[str, float]:
@@ -514,7 +568,8 @@ def pair_lines(pairs: list[dict[str, Any]]) -> list[str]:
 
 
 def write_docs(results: dict[str, Any], runs: dict[str, list[Run]],
-               pairs: dict[str, list[dict[str, Any]]], images: dict[str, str]) -> str:
+               pairs: dict[str, list[dict[str, Any]]], images: dict[str, str],
+               checker_runs: dict[str, list[Run]]) -> str:
     """docs/accuracy.md: setup, the comparison, AppScanner's tables, per-app results, why."""
     out: list[str] = []
     add = out.append
@@ -578,6 +633,62 @@ def write_docs(results: dict[str, Any], runs: dict[str, list[Run]],
             f"{ip_sizes:.3f} (nfstream58) to {payload_sizes:.3f} (nfstream58p) with no "
             f"threshold, and stay behind {best_name} ({score[best]:.3f}), which also lists the "
             "first data packets in order.")
+    if checker_runs:
+        merged = {**none_runs, **checker_runs}
+        head = " | ".join(f"{c:.0%} coverage".replace("%", " %") for c in COVERAGES)
+        gains = {label: [paired(merged, label, best, c) for c in COVERAGES[1:]]
+                 for label in checker_runs}
+        grouped = next(k for k in checker_runs if "held-out" in k)
+        helps = all(w == seeds for _, w in gains[grouped])
+        add("* **AppScanner's ambiguity stage "
+            + ("raises macro-F1 at equal coverage** when flows are left unanswered"
+               if helps else "does not reliably raise macro-F1 at equal coverage**")
+            + " (`appsight train --ambiguity`, `evaluate --ambiguity`). A second forest learns "
+            "which flows the first gets wrong, and its probability that an answer is right "
+            "becomes the flow's confidence; the answers stay the same, only which flows are "
+            "answered changes. appsight teaches it from a cross-validation by capture inside "
+            "the training data (which flows are hard on captures never seen); AppScanner's way "
+            "is the first forest's own answers on the training data (here out-of-bag). "
+            + "; ".join(
+                f"{checker_runs[k][0].variant.name.split(', ', 1)[1]}: "
+                + ", ".join(f"{d:+.3f} at {c:.0%} coverage (ahead in {w} of {seeds})"
+                            .replace("%", " %")
+                            for (d, w), c in zip(gains[k], COVERAGES[1:], strict=True))
+                for k in checker_runs)
+            + f". {best_name}, macro-F1:")
+        add("")
+        table = [f"  | {best_name} | {head} | at its own threshold | answered there |",
+                 "  |---|" + "---:|" * (len(COVERAGES) + 2)]
+
+        def own(series: list[Run]) -> str:
+            return (f"{np.mean([r.summary['macro_f1']['chosen_threshold'] for r in series]):.3f}"
+                    f" | {np.mean([r.summary['classified_at_chosen'] for r in series]):.0f} %")
+
+        table.append("  | alone (threshold from out-of-bag votes) | " + " | ".join(
+            f"{np.mean([f1_at(r, c) for r in none_runs[best]]):.3f}" for c in COVERAGES)
+            + f" | {own(none_runs[best])} |")
+        for label, series in checker_runs.items():
+            cells = []
+            for c in COVERAGES:
+                diff, wins = paired(merged, label, best, c)
+                mean = np.mean([f1_at(r, c) for r in series])
+                cells.append(f"{mean:.3f}" if abs(diff) < 5e-4 else
+                             f"{mean:.3f} ({diff:+.3f}; ahead in {wins} of {seeds})")
+            way = series[0].variant.name.split(", ", 1)[1]
+            table.append(f"  | + {way} (threshold 0.5) | " + " | ".join(cells)
+                         + f" | {own(series)} |")
+        out.extend(table)
+        add("")
+        share = np.mean([r.summary["classified_at_chosen"] for r in checker_runs[grouped]])
+        slower = (np.mean([r.predictions.fit_seconds for r in checker_runs[grouped]])
+                  / np.mean([r.predictions.fit_seconds for r in none_runs[best]]))
+        add(f"  With its fixed threshold, 0.5 (answer when more likely right than wrong), "
+            f"appsight's checker answers {share:.0f} % of the flows here, where most answers "
+            "on a new capture are wrong: compare at equal coverage, or give `--threshold`. "
+            f"Training takes {slower:.1f} times as "
+            "long (an inner 4-fold cross-validation with 50-tree forests, then the second "
+            "forest) and needs every app in two or more independent captures, so it is an "
+            "option, not the default.")
     add(f"* **Across captures, no feature set names these labels well.** With grouped "
         f"cross-validation by capture over {results['apps_count']} nDPI labels, macro-F1 with "
         f"no threshold lies between {min(score.values()):.2f} and {max(score.values()):.2f} "
@@ -801,6 +912,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--min-captures", type=int, default=2)
     parser.add_argument("--top-pairs", type=int, default=10)
     parser.add_argument("--skip-nfstream", action="store_true")
+    parser.add_argument("--skip-ambiguity", action="store_true",
+                        help="leave out the ambiguity-stage runs of the default set")
     parser.add_argument("--skip-burst", action="store_true",
                         help="leave out the runs of our sets at the default 1 s burst gap")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out" / "accuracy",
@@ -874,10 +987,16 @@ def main(argv: list[str] | None = None) -> int:
         log(f"appsight, burst gap 1 s: {flows_1s} flows of the same labels and captures")
 
     runs: dict[str, list[Run]] = {}
+    checker_runs: dict[str, list[Run]] = {}
+    default_variant = next(v for v in variants
+                           if v.name == DEFAULT_FEATURE_SET and v.burst == "none")
     for seed in range(args.repeats):
         fold_of = group_folds(base.labels, groups, args.folds, seed)
         for variant in variants:
             runs.setdefault(variant.label, []).append(run(variant, fold_of, args.trees, seed))
+        for way in () if args.skip_ambiguity else CHECKER_NAMES:
+            result = checker_run(default_variant, fold_of, args.trees, seed, way)
+            checker_runs.setdefault(result.variant.label, []).append(result)
     reference = leaky_reference(base, args.trees, args.folds, 0)
     log(f"flow-level (leaky) split, appscanner54: macro-F1 {reference['macro_f1']:.3f}")
 
@@ -892,7 +1011,8 @@ def main(argv: list[str] | None = None) -> int:
                       "labels, chosen threshold (row-normalised %)")
     curves = [Curve(r.variant.label, **r.summary["curve"],
                     chosen=(r.summary["chosen"]["classified"], r.summary["chosen"]["accuracy"]))
-              for r in first.values() if r.variant.burst == "none"]
+              for r in [*first.values(), *(v[0] for v in checker_runs.values())]
+              if r.variant.burst == "none"]
     coverage_png(args.out / "coverage.png", curves,
                  f"Accuracy versus coverage: grouped {args.folds}-fold CV by capture, same "
                  "folds and flows, burst gap none")
@@ -918,10 +1038,12 @@ def main(argv: list[str] | None = None) -> int:
         "leaky_reference": reference, "concentration": concentration(base.labels, groups),
         "runs": {label: [{"seed": r.seed, **r.summary} for r in series]
                  for label, series in runs.items()},
+        "ambiguity_runs": {label: [{"seed": r.seed, **r.summary} for r in series]
+                           for label, series in checker_runs.items()},
         "pairs": pairs,
     }
     (args.out / "results.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
-    text = write_docs(results, runs, pairs, images)
+    text = write_docs(results, runs, pairs, images, checker_runs)
     print(text)
     if args.write_docs:
         IMG.mkdir(parents=True, exist_ok=True)
