@@ -50,7 +50,6 @@ from typing import Any
 import numpy as np
 from appsight.evaluation import (
     Predictions,
-    classes_with_enough_data,
     confused_pairs,
     confusion,
     cross_validate,
@@ -68,7 +67,13 @@ from appsight.ndpi_out import canonical_address, read_ndpi_out
 from appsight.pipeline import PipelineOptions
 from appsight.plots import Curve, confusion_png, coverage_png
 from appsight.report import proto_name
-from appsight.training import Dataset, FlowFilter, build_dataset, labelled_sources
+from appsight.training import (
+    Dataset,
+    FlowFilter,
+    build_dataset,
+    classes_with_enough_data,
+    labelled_sources,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = REPO / "docs" / "accuracy.md"

@@ -19,7 +19,6 @@ from appsight.errors import UsageError
 from appsight.evaluation import (
     appscanner_table,
     capture_groups,
-    classes_with_enough_data,
     confused_pairs,
     confusion,
     coverage_curve,
@@ -35,7 +34,7 @@ from appsight.evaluation import (
 )
 from appsight.features import FEATURE_SETS
 from appsight.model import UNKNOWN
-from appsight.training import Dataset
+from appsight.training import Dataset, classes_with_enough_data
 
 CLASSES = ["a", "b", "c"]
 Y_TRUE = np.array(["a", "a", "a", "b", "b", "c"], dtype=object)

@@ -465,7 +465,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     from .evaluation import (
         FoldResult,
-        classes_with_enough_data,
         cross_validate,
         format_report,
         group_folds,
@@ -475,7 +474,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         train_test,
     )
     from .plots import Curve, confusion_png, coverage_png
-    from .training import FlowFilter, build_dataset, labelled_sources
+    from .training import FlowFilter, build_dataset, classes_with_enough_data, labelled_sources
 
     for name, value, least in (("--folds", args.folds, 2), ("--trees", args.trees, 1),
                                ("--min-class-flows", args.min_class_flows, 1),
@@ -637,6 +636,15 @@ def _json_safe(value: object) -> object:
 
 
 # ------------------------------------------------------------------- parser
+AMBIGUITY_HELP = (
+    "AppScanner's second stage: also train a forest that predicts when the first is wrong, "
+    "learnt from a cross-validation by capture inside the training data (every app needs 2 or "
+    "more independent captures; training takes about 3 times as long). A flow's confidence "
+    "is then that forest's probability that the answer is right (threshold 0.5 unless "
+    "given); docs/accuracy.md measures the gain"
+)
+
+
 def _probability(text: str) -> float:
     try:
         value = float(text)
@@ -812,12 +820,7 @@ then:
                        help="confidence below which a flow is 'unknown' (default: chosen "
                        "from out-of-bag predictions and stored in the model)")
     train.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    train.add_argument("--ambiguity", action="store_true", help=(
-        "AppScanner's second stage: also train a forest that predicts when the first is "
-        "wrong, learnt from a cross-validation by capture inside the training data (every app "
-        "needs 2 or more independent captures; training takes about 3 times as long). A "
-        "flow's confidence is then that forest's probability that the answer is right "
-        "(threshold 0.5 unless given); docs/accuracy.md measures the gain"))
+    train.add_argument("--ambiguity", action="store_true", help=AMBIGUITY_HELP)
     train.add_argument("--groups-file", metavar="TSV", action="append",
                        help="for --ambiguity: pairs of captures that share packets, as for "
                        "'evaluate'; repeatable")
@@ -935,12 +938,7 @@ then:
                           help="random seed of the folds and forests (default 0)")
     evaluate.add_argument("--json", action="store_true",
                           help="print one JSON object (the contents of results.json)")
-    evaluate.add_argument("--ambiguity", action="store_true", help=(
-        "AppScanner's second stage: also train a forest that predicts when the first is "
-        "wrong, learnt from a cross-validation by capture inside the training data (every app "
-        "needs 2 or more independent captures; training takes about 3 times as long). A "
-        "flow's confidence is then that forest's probability that the answer is right "
-        "(threshold 0.5 unless given); docs/accuracy.md measures the gain"))
+    evaluate.add_argument("--ambiguity", action="store_true", help=AMBIGUITY_HELP)
     evaluate.set_defaults(run=cmd_evaluate)
     return parser
 

@@ -189,21 +189,6 @@ def group_folds(labels: np.ndarray, groups: np.ndarray, k: int, seed: int = 0) -
     return assignment
 
 
-def classes_with_enough_data(labels: np.ndarray, groups: np.ndarray, min_flows: int = 1,
-                             min_groups: int = 1) -> list[str]:
-    """Apps with at least ``min_flows`` flows from at least ``min_groups`` capture groups.
-
-    Groups, not captures, are counted: two overlapping captures of one app are one piece of
-    evidence, and only an app in two independent groups can be on both sides of a split.
-    """
-    flows: dict[str, int] = {}
-    seen: dict[str, set[str]] = {}
-    for label, group in zip(labels.tolist(), groups.tolist(), strict=True):
-        flows[label] = flows.get(label, 0) + 1
-        seen.setdefault(label, set()).add(group)
-    return sorted(a for a in flows if flows[a] >= min_flows and len(seen[a]) >= min_groups)
-
-
 def subset(dataset: Dataset, mask: np.ndarray) -> Dataset:
     """The flows of a dataset where ``mask`` holds (records too, when kept)."""
     records = ([r for r, keep in zip(dataset.records, mask.tolist(), strict=True) if keep]
@@ -254,7 +239,7 @@ def with_confidence(proba: np.ndarray, confidence: np.ndarray) -> np.ndarray:
     Every metric here reads an answer (the top column) and a confidence (its value) from a
     row; with an ambiguity checker the confidence is the checker's, so the rows carry it.
     """
-    top = proba.max(axis=1, initial=0.0) if proba.shape[1] else np.zeros(len(proba))
+    top = proba.max(axis=1, initial=0.0)
     # A confidence of 0 is kept a hair above 0, so the row still names its answer.
     wanted = np.maximum(confidence, 1e-12)
     scale = np.divide(wanted, top, out=np.zeros(len(proba)), where=top > 0)
@@ -281,7 +266,7 @@ def fit_predict(
         warnings.simplefilter("ignore", UserWarning)
         forest.fit(train_x, train_y.astype(str))
     checker = None
-    if train_groups is not None:
+    if ambiguity:
         checker = fit_checker(train_x, train_y, train_groups, trees, max_leaves, seed)
         threshold = CHECKER_THRESHOLD if threshold is None else threshold
     seconds = time.perf_counter() - started

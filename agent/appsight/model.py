@@ -105,19 +105,14 @@ class AppModel:
         cut = self.threshold if threshold is None else threshold
         if len(features) == 0:
             return [], np.zeros(0)
+        chunks = [features[i : i + batch] for i in range(0, len(features), batch)]
         self.forest.n_jobs = 1  # joblib's start-up costs more than it saves on small batches
-        probabilities = np.vstack([
-            self.forest.predict_proba(features[i : i + batch])
-            for i in range(0, len(features), batch)
-        ])
+        probabilities = np.vstack([self.forest.predict_proba(chunk) for chunk in chunks])
         best = probabilities.argmax(axis=1)
         confidence = probabilities[np.arange(len(best)), best]
         if self.checker is not None:
             self.checker.n_jobs = 1
-            confidence = np.concatenate([
-                right_probability(self.checker, features[i : i + batch])
-                for i in range(0, len(features), batch)
-            ])
+            confidence = np.concatenate([right_probability(self.checker, c) for c in chunks])
         classes = self.forest.classes_
         apps = [str(classes[b]) if c >= cut else UNKNOWN
                 for b, c in zip(best.tolist(), confidence.tolist(), strict=True)]

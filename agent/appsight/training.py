@@ -161,14 +161,27 @@ def make_forest(trees: int = DEFAULT_TREES, max_leaves: int | None = DEFAULT_MAX
     )
 
 
+def classes_with_enough_data(labels: np.ndarray, groups: np.ndarray, min_flows: int = 1,
+                             min_groups: int = 1) -> list[str]:
+    """Apps with at least ``min_flows`` flows from at least ``min_groups`` capture groups.
+
+    Groups, not captures, are counted: two overlapping captures of one app are one piece of
+    evidence, and only an app in two independent groups can be on both sides of a split.
+    """
+    flows: dict[str, int] = {}
+    seen: dict[str, set[str]] = {}
+    for label, group in zip(labels.tolist(), groups.tolist(), strict=True):
+        flows[label] = flows.get(label, 0) + 1
+        seen.setdefault(label, set()).add(group)
+    return sorted(a for a in flows if flows[a] >= min_flows and len(seen[a]) >= min_groups)
+
+
 def check_checker_groups(labels: np.ndarray, groups: np.ndarray) -> None:
     """The ambiguity stage learns from flows of captures held out; refuse data where an app
     has a single capture group (it would always be held out with all its flows, and the
     checker would learn that the app is always wrong)."""
-    seen: dict[str, set[str]] = {}
-    for label, group in zip(labels.tolist(), groups.tolist(), strict=True):
-        seen.setdefault(str(label), set()).add(str(group))
-    single = sorted(a for a, g in seen.items() if len(g) < 2)
+    kept = classes_with_enough_data(labels.astype(str), groups, min_groups=2)
+    single = sorted(set(labels.astype(str).tolist()) - set(kept))
     if single:
         raise UsageError(
             "--ambiguity needs every app in at least 2 independent captures; only one for "
