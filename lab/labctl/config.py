@@ -17,11 +17,15 @@ from typing import Any
 import yaml
 
 from labctl.errors import LabError
+from labctl.tinycore.sources import TinyCoreSource
 
 #: The lab's hosts, in the order they boot. ``upstream`` stands in for the Internet.
 HOST_NAMES = ("upstream", "gateway", "phone")
 
-#: Packages of the root filesystem every emulated host shares. The gateway needs the
+#: What the gateway may run: Tiny Core (the lab's gateway) or a Debian stand-in.
+GATEWAY_OSES = ("tinycore", "debian")
+
+#: Packages of the Debian root filesystem the emulated hosts share. The gateway needs the
 #: routing and DHCP tools and Python for Ansible and the agent; the phone and upstream need
 #: a DHCP client and servers (busybox, curl, openssl) and Python with YAML for the
 #: synthetic apps and their servers.
@@ -62,6 +66,9 @@ class LabConfig:
     suite: str
     mirror: str
     cache_dir: Path
+    gateway_os: str
+    gateway_disk_mb: int
+    tinycore: TinyCoreSource
 
     def namespace(self, host: str) -> str:
         """The network namespace of ``host``."""
@@ -137,6 +144,13 @@ def load_config(path: Path) -> LabConfig:
     mac = reader.string("network.gateway_lan_mac").lower()
     if not _MAC.match(mac):
         raise LabError(f"{path}: network.gateway_lan_mac {mac!r} is not a MAC address")
+    gateway_os = reader.string("machines.gateway.os")
+    if gateway_os not in GATEWAY_OSES:
+        raise LabError(f"{path}: machines.gateway.os must be one of {', '.join(GATEWAY_OSES)}")
+    disk_mb = reader.value("machines.gateway.disk_mb")
+    if not isinstance(disk_mb, int) or isinstance(disk_mb, bool) or not 512 <= disk_mb <= 65536:
+        raise LabError(f"{path}: machines.gateway.disk_mb must be a whole number of MB "
+                       f"from 512 to 65536")
     prefix = reader.string("emulated.namespace_prefix")
     if not _PREFIX.match(prefix.rstrip("-")):
         raise LabError(f"{path}: emulated.namespace_prefix must be a short lower-case name")
@@ -156,7 +170,38 @@ def load_config(path: Path) -> LabConfig:
         suite=reader.string("emulated.suite"),
         mirror=reader.string("emulated.mirror"),
         cache_dir=Path(reader.string("emulated.cache_dir")),
+        gateway_os=gateway_os,
+        gateway_disk_mb=disk_mb,
+        tinycore=_tinycore(reader, path),
     )
+
+
+def _tinycore(reader: _Reader, path: Path) -> TinyCoreSource:
+    """lab.yml's tinycore section; local_dir is relative to the repository (lab/..)."""
+    md5 = re.compile(r"^[0-9a-f]{32}$")
+    pins = reader.value("tinycore.local_extension_md5")
+    if not isinstance(pins, dict) or not all(
+            isinstance(key, str) and isinstance(value, str) and md5.match(value)
+            for key, value in pins.items()):
+        raise LabError(f"{path}: tinycore.local_extension_md5 must map extension names to "
+                       f"md5 sums")
+    rootfs_md5 = reader.string("tinycore.local_rootfs_md5")
+    if not md5.match(rootfs_md5):
+        raise LabError(f"{path}: tinycore.local_rootfs_md5 is not an md5 sum")
+    version = reader.string("tinycore.version")
+    if not re.match(r"^\d+\.x$", version):
+        raise LabError(f"{path}: tinycore.version must name a release series such as 17.x")
+    mirror = reader.string("tinycore.mirror")
+    if not mirror.startswith(("http://", "https://")):
+        raise LabError(f"{path}: tinycore.mirror must be an http(s) URL")
+    python = reader.string("tinycore.python_extension")
+    if not re.match(r"^[A-Za-z0-9._+-]+$", python):
+        raise LabError(f"{path}: tinycore.python_extension must be an extension name")
+    return TinyCoreSource(
+        version=version, mirror=mirror,
+        local_dir=(path.parent.parent / reader.string("tinycore.local_dir")).resolve(),
+        local_rootfs=reader.string("tinycore.local_rootfs"),
+        local_rootfs_md5=rootfs_md5, local_md5=dict(pins), python_extension=python)
 
 
 class _Reader:

@@ -81,6 +81,10 @@ class Host:
             str(self.folder / "root"), str(lower), str(self.upper), str(self.folder / "work"),
             self.name,
         ]
+        self._spawn(command, log)
+
+    def _spawn(self, command: list[str], log: Path) -> None:
+        """Start the boot command in the background, its output appended to ``log``."""
         with log.open("a") as out:
             process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out,
                                        stderr=subprocess.STDOUT, start_new_session=True)

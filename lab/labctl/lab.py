@@ -28,6 +28,8 @@ from labctl.guest import GATEWAY_LAN, PHONE_LAN, UPLINK, write_guest_files
 from labctl.hosts import Host, namespace_pids, wait_for_port
 from labctl.rootfs import ensure_rootfs
 from labctl.sshfiles import close_connections, ensure_key, write_inventory, write_ssh_config
+from labctl.tinycore.build import BuildLog, emulated_disk, gateway_parts
+from labctl.tinycore.host import TinyCoreHost
 
 _REQUIRED_TOOLS = ("ip", "unshare", "ssh", "ssh-keygen", "debootstrap", "ethtool")
 _SSH_TIMEOUT = 60.0
@@ -50,16 +52,42 @@ class Lab:
     def __init__(self, config: LabConfig, state_dir: Path) -> None:
         self.config = config
         self.state_dir = state_dir
-        self.hosts = {name: Host(name, config.namespace(name), state_dir / "hosts" / name)
+        self.hosts = {name: self._host_type(name)(name, config.namespace(name),
+                                                  state_dir / "hosts" / name)
                       for name in HOST_NAMES}
         self.links = (
             Link("gateway", UPLINK, "upstream", UPLINK),
             Link("gateway", GATEWAY_LAN, "phone", PHONE_LAN, a_mac=config.gateway_lan_mac),
         )
 
+    def _host_type(self, name: str) -> type[Host]:
+        tinycore = name == "gateway" and self.config.gateway_os == "tinycore"
+        return TinyCoreHost if tinycore else Host
+
     @property
     def log_dir(self) -> Path:
         return self.state_dir / "logs"
+
+    def _lowers(self, *, fresh_disk: str | None = None) -> dict[str, Path]:
+        """Each host's root filesystem: Debian's, or Tiny Core's for a Tiny Core gateway.
+
+        With ``fresh_disk`` (the lab's public key), a Tiny Core gateway also gets a new
+        disk, as a new VM gets its box's disk.
+        """
+        lowers: dict[str, Path] = {}
+        debian: Path | None = None
+        for name, host in self.hosts.items():
+            if isinstance(host, TinyCoreHost):
+                log = BuildLog(self.log_dir / "tinycore.log")
+                parts = gateway_parts(self.config, log)
+                if fresh_disk is not None:
+                    emulated_disk(self.config, parts, host.disk, fresh_disk, log)
+                lowers[name] = parts.userland.root
+            else:
+                if debian is None:
+                    debian = ensure_rootfs(self.config, self.log_dir / "debootstrap.log")
+                lowers[name] = debian
+        return lowers
 
     # -- the commands --------------------------------------------------------------------
 
@@ -73,20 +101,22 @@ class Lab:
             raise LabError("a part of the lab is left from an earlier run: "
                            "run 'labctl down' first")
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        lower = ensure_rootfs(self.config, self.log_dir / "debootstrap.log")
         public_key = ensure_key(self.state_dir)
         try:
             for host in self.hosts.values():
                 host.prepare()
-                write_guest_files(self.config, host.name, host.upper, public_key)
+            lowers = self._lowers(fresh_disk=public_key)
+            for host in self.hosts.values():
+                if not isinstance(host, TinyCoreHost):
+                    write_guest_files(self.config, host.name, host.upper, public_key)
                 self._create_namespace(host)
             for link in self.links:
                 self._create_link(link)
             for name in HOST_NAMES:
                 self._plug_in(name)
-                self._start(name, lower)
+                self._start(name, lowers[name])
             write_ssh_config(self.state_dir, self.config)
-            write_inventory(self.state_dir)
+            write_inventory(self.state_dir, self.config)
             for name in HOST_NAMES:
                 self._wait_ready(name)
         except BaseException:
@@ -95,7 +125,11 @@ class Lab:
         _note(f"up: {', '.join(HOST_NAMES)}; ssh -F {self.state_dir / 'ssh_config'} gateway")
 
     def reboot(self, name: str) -> None:
-        """Power-cycle one host: all runtime state is lost, its disk (overlay) is kept.
+        """Power-cycle one host: all runtime state is lost, its disk is kept.
+
+        A Debian host's disk is its overlay's upper folder; a Tiny Core host's is its disk
+        image, and its root filesystem (RAM) starts afresh from Tiny Core's, so what comes
+        back is what Tiny Core restores (extensions, mydata.tgz, /opt).
 
         The host's network namespace is replaced by a new one, which drops its addresses,
         routes, firewall, sysctls and processes, as powering off a machine does. Its network
@@ -107,7 +141,7 @@ class Lab:
         host = self.hosts[name]
         if not self._namespace_exists(host):
             raise LabError("the lab is not up: run 'labctl up' first")
-        lower = ensure_rootfs(self.config, self.log_dir / "debootstrap.log")
+        lower = self._lowers()[name]
         host.stop()
         cards = self._cards(name)
         holding = f"{host.namespace}-off"

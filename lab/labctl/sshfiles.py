@@ -35,6 +35,12 @@ def ensure_key(state_dir: Path) -> str:
     return (state_dir / f"{KEY_NAME}.pub").read_text()
 
 
+def login_user(config: LabConfig, host: str) -> str:
+    """Who logs in: ``tc`` on a Tiny Core gateway (root through sudo, as Tiny Core has it
+    and as the Vagrant box does), ``root`` on the Debian hosts."""
+    return "tc" if host == "gateway" and config.gateway_os == "tinycore" else "root"
+
+
 def ssh_config_text(state_dir: Path, config: LabConfig) -> str:
     """The ssh_config that reaches every lab host by name."""
     blocks = []
@@ -42,7 +48,7 @@ def ssh_config_text(state_dir: Path, config: LabConfig) -> str:
         blocks.append(
             f"Host {name}\n"
             f"  HostName {config.management(name).lab_address.ip}\n"
-            f"  User root\n"
+            f"  User {login_user(config, name)}\n"
             f"  IdentityFile {state_dir / KEY_NAME}\n"
             f"  IdentitiesOnly yes\n"
             f"  StrictHostKeyChecking no\n"
@@ -61,14 +67,17 @@ def write_ssh_config(state_dir: Path, config: LabConfig) -> Path:
     return path
 
 
-def write_inventory(state_dir: Path) -> Path:
-    """An Ansible inventory of the lab: one group per role, SSH through ssh_config."""
+def write_inventory(state_dir: Path, config: LabConfig) -> Path:
+    """An Ansible inventory of the lab: one group per role, SSH through ssh_config.
+
+    A Tiny Core gateway has no Python until lab_base loads it; that role then points
+    Ansible at it, so the interpreter given here only serves the Debian hosts.
+    """
     lines = []
     for name in HOST_NAMES:
-        lines += [f"[{GROUPS[name]}]", name, ""]
+        lines += [f"[{GROUPS[name]}]", f"{name} ansible_user={login_user(config, name)}", ""]
     lines += [
         "[all:vars]",
-        "ansible_user=root",
         f"ansible_ssh_common_args='-F {state_dir / 'ssh_config'}'",
         "ansible_python_interpreter=/usr/bin/python3",
         "",

@@ -4,8 +4,32 @@ from __future__ import annotations
 
 import re
 
+import pytest
 import testinfra
 from labctl.config import LabConfig
+
+
+def test_gateway_runs_the_os_lab_yml_names(gateway: testinfra.host.Host,
+                                            lab_yml: dict) -> None:
+    os_release = gateway.file("/etc/os-release").content_string
+    print(os_release)
+    expected = {"tinycore": "NAME=TinyCore", "debian": 'NAME="Debian GNU/Linux"'}
+    assert expected[lab_yml["machines"]["gateway"]["os"]] in os_release.splitlines()
+
+
+def test_tiny_core_loaded_the_gateway_extensions_at_boot(
+        gateway: testinfra.host.Host, lab_yml: dict) -> None:
+    if lab_yml["machines"]["gateway"]["os"] != "tinycore":
+        pytest.skip("the gateway is not Tiny Core")
+    loaded = gateway.check_output("ls /usr/local/tce.installed").split()
+    tce = gateway.check_output("readlink /etc/sysconfig/tcedir")
+    onboot = gateway.file(f"{tce}/onboot.lst").content_string.split()
+    python = lab_yml["tinycore"]["python_extension"]
+    for official in ("openssh", "iproute2", "iptables", python):
+        # The official extension, or its stand-in built from Debian packages.
+        names = [official, f"{official}-deb12"]
+        assert any(name in loaded for name in names), (official, loaded)
+        assert any(f"{name}.tcz" in onboot for name in names), (official, onboot)
 
 
 def test_ip_forwarding_is_on(gateway: testinfra.host.Host) -> None:
