@@ -174,7 +174,7 @@ def test_a_missing_iso_is_refused(vagrant, tmp_path):
 
 
 def test_the_gateway_box_comes_from_lab_yml_unless_overridden(vagrant, tmp_path):
-    where = lab_copy(tmp_path / "lab", libvirt="")
+    where = lab_copy(tmp_path / "lab", box="")
     empty = vagrant("validate", where=where)
     assert empty.returncode != 0
     assert "Box value for guest 'gateway' is an empty string" in empty.stdout + empty.stderr
