@@ -49,6 +49,18 @@ def build_parser() -> argparse.ArgumentParser:
                       help="also delete the cached root filesystems (emulated.cache_dir)")
     commands.add_parser("status", help="each host's state; exit 0 only when all run")
     commands.add_parser("ssh-config", help="print the ssh_config that reaches the hosts")
+    box = commands.add_parser(
+        "box", help="build the Tiny Core gateway's Vagrant box (libvirt) for `vagrant up`",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Builds the Vagrant gateway: Tiny Core's root filesystem (the mirror, "
+                    "else tinycore.local_dir or $APPSIGHT_TINYCORE), Debian's kernel with "
+                    "the modules a gateway needs, and the extensions of the emulated "
+                    "gateway, into the box file of lab.yml (machines.gateway.box_file), "
+                    "with a catalog that the Vagrantfile adds it from (checked by SHA-256) "
+                    "and a log of every input and its checksum. Built again only when an "
+                    "input changes. Needs root (file owners inside the image).",
+        epilog="then: vagrant up   (docs/vagrant.md)")
+    box.add_argument("--force", action="store_true", help="build even if up to date")
     reboot = commands.add_parser(
         "reboot", help="power-cycle a host: runtime state lost, its disk kept")
     reboot.add_argument("host", choices=HOST_NAMES)
@@ -175,6 +187,12 @@ def _dispatch(args: argparse.Namespace, lab: Lab) -> int:
         Demo(lab, lab.config.source.parent.parent, options).run()
     elif args.command == "collect":
         return _collect(args, lab)
+    elif args.command == "box":
+        from labctl.tinycore.box import build_box
+
+        built = build_box(lab.config, force=args.force)
+        print(f"box {lab.config.gateway_box} {built.version}: {built.box}\n"
+              f"catalog (the Vagrantfile adds the box from it): {built.catalog}")
     elif args.command == "ssh-config":
         print(ssh_config_text(lab.state_dir, lab.config), end="")
     return 0

@@ -36,6 +36,7 @@ ROOTFS_PACKAGES = (
 
 _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 _PREFIX = re.compile(r"^[a-z][a-z0-9-]{0,9}$")
+_BOX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,8 @@ class LabConfig:
     cache_dir: Path
     gateway_os: str
     gateway_disk_mb: int
+    gateway_box: str  # the Vagrant box's name
+    gateway_box_file: Path  # where `labctl box` writes it
     tinycore: TinyCoreSource
 
     def namespace(self, host: str) -> str:
@@ -151,6 +154,10 @@ def load_config(path: Path) -> LabConfig:
     if not isinstance(disk_mb, int) or isinstance(disk_mb, bool) or not 512 <= disk_mb <= 65536:
         raise LabError(f"{path}: machines.gateway.disk_mb must be a whole number of MB "
                        f"from 512 to 65536")
+    box = reader.string("machines.gateway.box")
+    if not _BOX.match(box):
+        raise LabError(f"{path}: machines.gateway.box must be a Vagrant box name such as "
+                       f"appsight/tinycore-gateway")
     prefix = reader.string("emulated.namespace_prefix")
     if not _PREFIX.match(prefix.rstrip("-")):
         raise LabError(f"{path}: emulated.namespace_prefix must be a short lower-case name")
@@ -172,6 +179,8 @@ def load_config(path: Path) -> LabConfig:
         cache_dir=Path(reader.string("emulated.cache_dir")),
         gateway_os=gateway_os,
         gateway_disk_mb=disk_mb,
+        gateway_box=box,
+        gateway_box_file=(path.parent.parent / reader.string("machines.gateway.box_file")),
         tinycore=_tinycore(reader, path),
     )
 

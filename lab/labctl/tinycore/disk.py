@@ -37,8 +37,13 @@ _BOOTSYNC = """\
 # Use bootlocal.sh for system startup commands that can run in the background
 # and therefore not slow down the boot process.
 /usr/bin/sethostname {hostname}
-/opt/bootlocal.sh &
+{dhcp}/opt/bootlocal.sh &
 """
+
+#: The line that asks for the uplink's address (boot code nodhcp keeps Tiny Core from
+#: asking on every NIC), as Tiny Core's dhcp.sh would.
+_DHCP = ("/sbin/udhcpc -b -i {interface} -x hostname:{hostname} "
+         "-p /var/run/udhcpc.{interface}.pid >/dev/null 2>&1 &\n")
 
 _BOOTLOCAL = """\
 #!/bin/sh
@@ -60,8 +65,11 @@ class Login:
 
 
 def populate(folder: Path, userland: Path, extensions: list[Extension], onboot: list[str],
-             hostname: str, login: Login) -> None:
-    """Lay out the partition's files in ``folder`` (which must not exist yet)."""
+             hostname: str, login: Login, dhcp_interface: str | None = None) -> None:
+    """Lay out the partition's files in ``folder`` (which must not exist yet).
+
+    With ``dhcp_interface``, bootsync.sh asks for that NIC's address by DHCP (a VM's
+    uplink); without, the uplink's address is set from outside (the emulated lab)."""
     optional = folder / "tce" / "optional"
     optional.mkdir(parents=True)
     for extension in extensions:
@@ -74,7 +82,8 @@ def populate(folder: Path, userland: Path, extensions: list[Extension], onboot: 
     (folder / "tce" / "onboot.lst").write_text("".join(f"{name}.tcz\n" for name in onboot))
     opt = folder / "opt"
     shutil.copytree(userland / "opt", opt, symlinks=True)
-    _write(opt / "bootsync.sh", _BOOTSYNC.format(hostname=hostname), 0o775)
+    dhcp = _DHCP.format(interface=dhcp_interface, hostname=hostname) if dhcp_interface else ""
+    _write(opt / "bootsync.sh", _BOOTSYNC.format(hostname=hostname, dhcp=dhcp), 0o775)
     _write(opt / "bootlocal.sh", _BOOTLOCAL, 0o775)
     # /opt itself is persistent (opt=), so it is not in the list; /home (tc's keys), root's
     # keys when root logs in, and sshd's host keys are.
