@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo demo-clean sample-demo test test-unit test-lab test-vagrant lint lint-lab bench sample clean
+.PHONY: install box demo demo-clean sample-demo test test-unit test-lab test-vagrant lint lint-lab bench sample clean
 
 install: $(BIN)/appsight
 
@@ -12,6 +12,12 @@ $(BIN)/appsight: pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test,lab]'
 	@touch $@
+
+# The Tiny Core gateway's Vagrant box (root), for `vagrant up` (labctl box; docs/vagrant.md).
+box:
+	lab/install-host-packages
+	$(MAKE) install
+	$(BIN)/labctl box $(BOX_OPTIONS)
 
 # The main job (root): the emulated lab, provisioned and tested, labelled captures of every
 # synthetic app, retraining, live reports on the gateway, evaluation (labctl demo).

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from lab_yml import lab_yml_copy
 from labctl.cli import main
 from labctl.config import find_config, load_config
 from labctl.errors import LabError
@@ -18,21 +19,6 @@ from labctl.lab import Lab
 from netns import netns_unavailable
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def _lab_yml(tmp_path: Path, **changes: object) -> Path:
-    """A copy of the project's lab.yml under tmp_path/lab/, with dotted keys changed."""
-    data = yaml.safe_load(find_config(REPO).read_text())
-    for key, value in changes.items():
-        node = data
-        *parents, last = key.split("__")
-        for part in parents:
-            node = node[part]
-        node[last] = value
-    path = tmp_path / "lab" / "lab.yml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(data))
-    return path
 
 
 def test_project_lab_yml_is_valid() -> None:
@@ -55,12 +41,12 @@ def test_project_lab_yml_is_valid() -> None:
 def test_bad_lab_yml_is_a_one_line_error(
         tmp_path: Path, changes: dict[str, object], message: str) -> None:
     with pytest.raises(LabError, match=message) as caught:
-        load_config(_lab_yml(tmp_path, **changes))
+        load_config(lab_yml_copy(tmp_path, **changes))
     assert "\n" not in str(caught.value)
 
 
 def test_missing_key_names_the_key(tmp_path: Path) -> None:
-    path = _lab_yml(tmp_path)
+    path = lab_yml_copy(tmp_path)
     data = yaml.safe_load(path.read_text())
     del data["emulated"]["suite"]
     path.write_text(yaml.safe_dump(data))
@@ -91,7 +77,7 @@ def private_lab(tmp_path: Path) -> Lab:
     if not (tinycore.local() / tinycore.local_rootfs).is_file():
         pytest.skip(f"no Tiny Core root filesystem in {tinycore.local()} (set "
                     "APPSIGHT_TINYCORE to a folder with it; see lab/README.md)")
-    path = _lab_yml(tmp_path, emulated__namespace_prefix="astest-",
+    path = lab_yml_copy(tmp_path, emulated__namespace_prefix="astest-",
                     emulated__management_subnet="10.198.0.0/24",
                     tinycore__local_dir=str(tinycore.local()))
     lab = Lab(load_config(path), state_dir=tmp_path / ".lab")

@@ -6,17 +6,21 @@ Run by ``lab/vagrant-tier/run`` (root). Steps, each timed:
 2. daemons    virtlogd and libvirtd started by hand inside a network namespace of their own
               (slirp4netns gives it user-mode Internet access): libvirt's bridges, NAT
               rules and dnsmasq live there and the host's networking is left alone
-3. box        a Debian 12 libvirt box built with debootstrap, cached in the cache folder
+3. box        the Tiny Core gateway's box, as a user builds it (``labctl box``, what
+              ``make box`` runs), and the stand-in phone's Debian 12 box (debootstrap,
+              cached in the cache folder)
 4. up         ``vagrant up`` with the project's Vagrantfile and lab.yml, overriding only
-              the gateway's box (APPSIGHT_GATEWAY_BOX) and the libvirt driver
-              (APPSIGHT_LIBVIRT_DRIVER=qemu); Vagrant's ansible provisioner runs site.yml.
-              Without an Android ISO a stand-in phone is added through
-              $VAGRANT_HOME/Vagrantfile (home.Vagrantfile)
+              the libvirt driver (APPSIGHT_LIBVIRT_DRIVER=qemu): Vagrant adds the gateway's
+              box from its catalog, checked by SHA-256, and its ansible provisioner runs
+              site.yml through the roles' Tiny Core path. Without an Android ISO a stand-in
+              phone is added through $VAGRANT_HOME/Vagrantfile (home.Vagrantfile). The
+              gateway's /etc/os-release goes into the log
 5. test       the testinfra suite against ``vagrant ssh-config``; tests that need a host
               the lab lacks (upstream) are skipped, with the reason
 6. again      with --again: ``vagrant provision gateway`` must report changed=0
 7. reboot     ``vagrant reload gateway --no-provision``, then the suite again: the state
-              comes back from the systemd units the roles wrote (skipped with --quick)
+              comes back the Tiny Core way, from the disk's mydata.tgz (filetool.sh) and
+              /opt/bootlocal.sh (skipped with --quick)
 8. destroy    ``vagrant destroy -f``; every domain, network, volume and pool the run
               created is removed, the daemons and the namespace are stopped: also when a
               step failed or the run was interrupted
@@ -430,6 +434,12 @@ def _build_box(runner: Runner, staging: Path, box: Path, key: str, mirror: str,
         f"({box.stat().st_size / 1e6:.0f} MB)")
 
 
+def build_gateway_box(runner: Runner) -> None:
+    """The gateway's box as a user makes it: ``labctl box`` (rebuilt only when an input
+    changed), which leaves the catalog the Vagrantfile adds it from."""
+    runner.run([VENV_BIN / "labctl", "box"], "box.log", stream=True, timeout=1800)
+
+
 def add_box(runner: Runner, box: Path, env: dict[str, str]) -> None:
     """``vagrant box add`` the box unless Vagrant already has this very build of it."""
     key = box.stem.rsplit("-", 1)[1]
@@ -519,14 +529,15 @@ def vagrant_env(cache: Path, dotfile: Path, phone: bool) -> dict[str, str]:
         "VAGRANT_CHECKPOINT_DISABLE": "1",
         "VAGRANT_BOX_UPDATE_CHECK_DISABLE": "1",
         "LIBVIRT_DEFAULT_URI": LIBVIRT_URI,
-        # The documented overrides, and nothing else of the project's configuration.
-        "APPSIGHT_GATEWAY_BOX": BOX_NAME,
+        # The documented override, and nothing else of the project's configuration: the
+        # gateway's box is the Vagrantfile's default, the Tiny Core box of `labctl box`.
         "APPSIGHT_LIBVIRT_DRIVER": "qemu",
         "ANSIBLE_FORCE_COLOR": "0",
         "ANSIBLE_NOCOLOR": "1",
         "PYTHONUNBUFFERED": "1",
     })
     env.pop("APPSIGHT_NO_PROVISION", None)
+    env.pop("APPSIGHT_GATEWAY_BOX", None)
     if phone:
         env["APPSIGHT_TIER_PHONE_BOX"] = BOX_NAME
     else:
@@ -618,7 +629,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                                         "QEMU, dnsmasq, debootstrap, slirp4netns)"):
             install_packages(runner)
         if args.box_only:
-            with runner.step(3, "box", f"the Debian 12 box, cached in {cache}"):
+            with runner.step(3, "box", "the Tiny Core gateway's box and the phone's Debian "
+                                       f"12 box, cached in {cache}"):
+                build_gateway_box(runner)
                 build_box(runner, cache, mirror, suite)
             return 0
         with runner.step(2, "daemons", f"virtlogd and libvirtd in network namespace {NETNS}"):
@@ -627,9 +640,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             for line in libvirt.remove(leftovers):
                 say(f"  removed a leftover of an earlier run: {line}")
             libvirt.remember({})
-        with runner.step(3, "box", f"the Debian 12 box, cached in {cache}"):
-            box = build_box(runner, cache, mirror, suite)
-            add_box(runner, box, env)
+        with runner.step(3, "box", "the Tiny Core gateway's box (labctl box)"
+                         + (f" and the phone's Debian 12 box, cached in {cache}"
+                            if phone else "")):
+            build_gateway_box(runner)
+            if phone:
+                add_box(runner, build_box(runner, cache, mirror, suite), env)
         with runner.step(4, "up", "vagrant up: " + ("stand-in phone and gateway"
                                                      if phone else "gateway")
                          + " (software emulation), then site.yml"):
@@ -640,6 +656,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 home_vagrantfile.unlink(missing_ok=True)
             runner.run(["vagrant", "up", "--provider", "libvirt"], "up.log", env=env,
                        netns=True, stream=True, timeout=1800)
+            release = log_dir / "gateway-os-release"
+            runner.run(["vagrant", "ssh", "gateway", "-c", "cat /etc/os-release"], "up.log",
+                       env=env, netns=True, timeout=120, stdout=release)
+            say("  the gateway's /etc/os-release:")
+            for line in release.read_text().splitlines():
+                say(f"    {line}")
+            results["up"] = " ".join(line for line in release.read_text().splitlines()
+                                     if line.startswith(("NAME=", "VERSION_ID=")))
         hosts = ["gateway", "phone"] if phone else ["gateway"]
         config = log_dir / "ssh_config"
         with runner.step(5, "test", "testinfra suite (pytest tests/infra --lab ssh_config)"):
