@@ -40,10 +40,15 @@ _BOOTSYNC = """\
 {dhcp}/opt/bootlocal.sh &
 """
 
-#: The line that asks for the uplink's address (boot code nodhcp keeps Tiny Core from
-#: asking on every NIC), as Tiny Core's dhcp.sh would.
-_DHCP = ("/sbin/udhcpc -b -i {interface} -x hostname:{hostname} "
-         "-p /var/run/udhcpc.{interface}.pid >/dev/null 2>&1 &\n")
+#: The lines that ask for the uplink's address (boot code nodhcp keeps Tiny Core from
+#: asking on every NIC), as Tiny Core's dhcp.sh would, once udev has made the NIC (its
+#: driver is loaded in the background: under software emulation that can take a while).
+_DHCP = """\
+(
+    for second in $(seq 120); do [ -e /sys/class/net/{interface} ] && break; sleep 1; done
+    /sbin/udhcpc -b -i {interface} -x hostname:{hostname} -p /var/run/udhcpc.{interface}.pid
+) >/dev/null 2>&1 &
+"""
 
 _BOOTLOCAL = """\
 #!/bin/sh
