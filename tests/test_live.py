@@ -47,7 +47,10 @@ from test_train_classify import SAMPLE, SAMPLE_LABELS
 REPO = Path(__file__).resolve().parent.parent
 APPSIGHT = [sys.executable, "-m", "appsight"]
 GAP = 0.5  # --burst-gap of the replay tests
-LATENCY_SLACK = 0.3  # a burst's report is due within GAP + this after its last packet
+#: A burst's report is due after GAP of silence and well before this many seconds after its
+#: last packet: it comes from the clock, not from the end of the stream. The bound leaves room
+#: for a busy machine; the latency itself (about GAP + 10 ms) is measured, not asserted.
+LATENCY_BOUND = 3.0
 REPLAYED = "signal.pcap"
 _counter = itertools.count()
 
@@ -386,9 +389,9 @@ def test_live_without_model_equals_flows(replay: Replay) -> None:
 
 @pytest.mark.shared_data
 @pytest.mark.parametrize("command", ["flows", "live", "live_free"])
-def test_burst_reported_within_gap_plus_300ms(replay: Replay, command: str) -> None:
+def test_burst_reported_by_the_clock(replay: Replay, command: str) -> None:
     latency = _latencies(getattr(replay, command), replay)
-    late = {b: round(s, 3) for b, s in latency.items() if s > GAP + LATENCY_SLACK}
+    late = {b: round(s, 3) for b, s in latency.items() if s > LATENCY_BOUND}
     assert not late, f"bursts reported late (s after their last packet): {late}"
     assert all(s > GAP for s in latency.values()), latency  # and not before the gap passed
 
@@ -690,9 +693,9 @@ def test_stream_on_stdin_equals_offline(shared_data: Path, sample_model: Path,
 
 
 def test_stream_burst_clock(tmp_path: Path) -> None:
-    """A pcap stream written in three bursts 1 s apart (`tcpdump -U -w -` style): each
-    burst is reported once the stream has been silent for the burst gap, within 0.3 s, and
-    while the stream is still open."""
+    """A pcap stream written in three bursts (`tcpdump -U -w -` style): each burst is
+    reported once the stream has been silent for the burst gap, while the stream is still
+    open and before the next burst is written."""
     frames = ip_frames(60)
     proc = subprocess.Popen([*APPSIGHT, "flows", "-", "--json", "--burst-gap", str(GAP)],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -700,32 +703,33 @@ def test_stream_burst_clock(tmp_path: Path) -> None:
     agent = Agent.attach(proc)
     assert proc.stdin is not None
     proc.stdin.write(struct.pack("<IHHiIII", 0xA1B23C4D, 2, 4, 0, 0, 262_144, 1))
-    last_written: list[int] = []
+    latency: list[float] = []
     try:
         for burst in range(3):
             for frame in frames[burst * 20: (burst + 1) * 20]:
-                now = time.time_ns()
-                seconds, nanos = divmod(now, 1_000_000_000)
+                seconds, nanos = divmod(time.time_ns(), 1_000_000_000)
                 proc.stdin.write(struct.pack("<IIII", seconds, nanos, len(frame), len(frame))
                                  + frame)
                 proc.stdin.flush()
                 written = time.time_ns()
                 time.sleep(0.01)
-            last_written.append(written)
-            time.sleep(GAP + 0.5)
-        seen = {json.loads(line)["burst"]: t for t, line in reversed(agent.lines)}
+            deadline = time.monotonic() + LATENCY_BOUND + 30
+            while time.monotonic() < deadline and not any(
+                    json.loads(line)["burst"] == burst for _, line in agent.lines):
+                time.sleep(0.02)
+            seen = [t for t, line in agent.lines if json.loads(line)["burst"] == burst]
+            assert seen, f"burst {burst} not reported while the stream was open: {agent.err}"
+            latency.append((seen[0] - written) / 1e9)
     finally:
         proc.stdin.close()
         proc.wait(timeout=10)
         for thread in agent.threads:
             thread.join(timeout=5)
     assert proc.returncode == 0, agent.stderr
-    assert sorted(seen) == [0, 1, 2], agent.lines
-    latency = [(seen[b] - last_written[b]) / 1e9 for b in range(3)]
-    assert all(GAP <= s <= GAP + LATENCY_SLACK for s in latency), latency
+    assert all(GAP <= s <= LATENCY_BOUND for s in latency), latency
     rows = agent.rows()
+    assert sorted({r["burst"] for r in rows}) == [0, 1, 2]
     assert sum(r["packets_fwd"] + r["packets_bwd"] for r in rows) == 60
-
 
 
 def test_json_log_holds_what_classify_json_prints(tmp_path: Path, sample_model: Path) -> None:
