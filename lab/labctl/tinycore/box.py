@@ -46,9 +46,12 @@ RECIPE = "1"
 DEVICE = "vda1"
 
 #: Boot codes for the box besides :data:`~labctl.tinycore.disk.BOOT_CODES`: the serial
-#: console (libvirt's log), and DHCP only on the uplink, by bootsync.sh: Tiny Core would ask
-#: on every NIC, and the internal one's address is the playbook's.
-BOX_CODES = ("console=ttyS0", "nodhcp")
+#: console (libvirt's log); DHCP only on the uplink, by bootsync.sh (Tiny Core would ask on
+#: every NIC, and the internal one's address is the playbook's); and a wait of up to 120 s
+#: for the disk, which udev finds in the background: under software emulation its driver
+#: can load after tc-config looks for ``opt=``, which then leaves /opt in RAM and never
+#: runs the disk's bootsync.sh.
+BOX_CODES = ("console=ttyS0", "nodhcp", f"waitusb=120:LABEL={DISK_LABEL}")
 
 #: The uplink (Vagrant's management network, NIC 1) takes its address by DHCP.
 UPLINK = "eth0"
