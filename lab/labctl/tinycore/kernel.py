@@ -27,13 +27,14 @@ KERNEL_PACKAGE = "linux-image-amd64"
 
 #: What the gateway needs of the kernel besides what is built in: disks and NICs under
 #: libvirt (virtio) and VirtualBox (AHCI, e1000), its ext4 partition, extensions (loop,
-#: squashfs), and the firewall and NAT its roles set up with iptables.
+#: squashfs), the firewall and NAT its roles set up with iptables, and the socket
+#: diagnostics ``ss`` needs to show which device a socket is bound to (udhcpd's on the LAN).
 MODULES = (
     "virtio_pci", "virtio_net", "virtio_blk", "virtio_rng", "e1000", "ahci", "sd_mod",
     "ext4", "crc32c_generic", "loop", "squashfs",
     "x_tables", "ip_tables", "iptable_filter", "iptable_nat", "iptable_mangle",
     "nf_conntrack", "nf_nat", "xt_MASQUERADE", "xt_conntrack", "xt_state", "xt_tcpudp",
-    "ipt_REJECT",
+    "ipt_REJECT", "udp_diag", "tcp_diag",
 )
 
 Log = Callable[[str], None]
