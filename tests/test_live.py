@@ -717,11 +717,11 @@ def test_stream_burst_clock(tmp_path: Path) -> None:
                 proc.stdin.flush()
                 written = time.time_ns()
                 time.sleep(0.01)
-            deadline = time.monotonic() + LATENCY_BOUND + 30
-            while time.monotonic() < deadline and not any(
-                    json.loads(line)["burst"] == burst for _, line in agent.lines):
-                time.sleep(0.02)
-            seen = [t for t, line in agent.lines if json.loads(line)["burst"] == burst]
+            def reported(burst: int = burst) -> list[int]:
+                return [t for t, line in agent.lines if json.loads(line)["burst"] == burst]
+
+            agent.wait_for(reported, LATENCY_BOUND + 30)
+            seen = reported()
             assert seen, f"burst {burst} not reported while the stream was open: {agent.err}"
             latency.append((seen[0] - written) / 1e9)
     finally:
