@@ -342,6 +342,16 @@ def test_replay_reached_only_the_agent(replay: Replay) -> None:
 
 
 @pytest.mark.shared_data
+def test_agents_say_when_they_listen(replay: Replay) -> None:
+    """`flows` and `live` on an interface say once, first, that they listen: supervisors
+    (appsight-live restart) wait for that line before traffic that must be seen starts."""
+    for agent in (replay.flows, replay.live, replay.live_free):
+        said = [line for line in agent.err if "listening" in line]
+        assert said == [f"appsight: listening on {replay.iface}"], agent.err
+        assert agent.err[0] == said[0], agent.err
+
+
+@pytest.mark.shared_data
 def test_replay_kept_the_bursts(replay: Replay, shared_data: Path) -> None:
     """Offline, the pcap of what was sent has the original capture's flows and bursts."""
     original = json_rows(appsight("flows", "--json", "--burst-gap", GAP,

@@ -168,6 +168,8 @@ def run_live(
                                       writable=writer.folder if writer else None)
             if dropped:
                 print(f"appsight: running as {dropped}", file=sys.stderr)
+            # Supervisors wait for this line: from here on no packet of the interface is missed.
+            print(f"appsight: listening on {source_name}", file=sys.stderr, flush=True)
             meter.run_interface(source)
     except KeyboardInterrupt:
         meter.stop.set()
