@@ -35,6 +35,9 @@ from labctl.errors import LabError
 from labctl.lab import Lab
 from labctl.phone import EmulatedPhone, LabHost
 
+#: Seconds to wait, after the mixed session, for the live agent's log to hold its flows.
+AGREEMENT_WAIT = 30.0
+
 
 @dataclass(frozen=True)
 class DemoOptions:
@@ -143,8 +146,6 @@ class Demo:
     def _agreement(self, mixed: SessionResult) -> None:
         model = self.results / "lab" / "model.skops"
         live_json = self.results / "live-predictions.jsonl"
-        log = self.agent["json_log_path"]
-        LabHost(self.lab.state_dir / "ssh_config", "gateway").fetch(log, live_json)
         command = [str(Path(sys.executable).parent / "appsight"), "classify", "--json",
                    "-m", str(model), "--device", str(self.lab.config.subnet),
                    "--burst-gap", str(self.agent["burst_gap"]), *map(str, mixed.captures)]
@@ -152,10 +153,23 @@ class Demo:
             command[2:2] = ["--threshold", str(self.agent["threshold"])]
         offline = self.results / "offline-predictions.jsonl"
         _logged(command, self.logs / "classify.log", cwd=self.repo, stdout=offline)
-        report = compare_predictions(live_json, offline)
+        report = self._live_caught_up(live_json, offline)
         (self.results / "agreement.json").write_text(json.dumps(report, indent=2) + "\n")
         _say(f"  {report['matched']} flows in both; the same app for "
              f"{report['same_app']} ({100 * report['agreement']:.1f} %)")
+
+    def _live_caught_up(self, live_json: Path, offline: Path) -> dict[str, object]:
+        """Fetch the live agent's JSON log until it holds every flow of the offline
+        classification, or AGREEMENT_WAIT seconds have passed: a loaded gateway may report
+        the session's last burst later than the burst gap."""
+        gateway = LabHost(self.lab.state_dir / "ssh_config", "gateway")
+        deadline = time.monotonic() + AGREEMENT_WAIT
+        while True:
+            gateway.fetch(self.agent["json_log_path"], live_json)
+            report = compare_predictions(live_json, offline)
+            if report["coverage"] == 1.0 or time.monotonic() > deadline:
+                return report
+            time.sleep(1)
 
     def _evaluate(self, training: list[SessionResult], train_labels: Path,
                   mixed: SessionResult) -> None:

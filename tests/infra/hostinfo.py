@@ -7,6 +7,9 @@ import re
 import pytest
 import testinfra
 
+#: The agent role's supervisor of appsight live (agent_live_script).
+LIVE_SCRIPT = "/usr/local/sbin/appsight-live"
+
 
 def default_route(host: testinfra.host.Host) -> tuple[str, str]:
     """(next hop, interface) of a host's default IPv4 route."""

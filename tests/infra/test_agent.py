@@ -7,6 +7,8 @@ import re
 import testinfra
 from labctl.config import LabConfig
 
+from .hostinfo import LIVE_SCRIPT
+
 
 def test_agent_is_installed(gateway: testinfra.host.Host, lab_yml: dict) -> None:
     venv = f"{lab_yml['agent']['install_dir']}/venv"
@@ -23,9 +25,26 @@ def test_live_agent_runs_on_the_internal_interface(
                for line in live), live
 
 
-def test_live_agent_logs(gateway: testinfra.host.Host, lab_yml: dict) -> None:
+def test_live_agent_logs(gateway: testinfra.host.Host, lab_yml: dict, lan: str) -> None:
     log = gateway.file(lab_yml["agent"]["log_path"])
     assert log.exists and "starting appsight live" in log.content_string
+    assert f"appsight: listening on {lan}" in log.content_string
+
+
+def test_restart_returns_once_the_agent_listens(
+        gateway: testinfra.host.Host, lab_yml: dict, lan: str) -> None:
+    """After `appsight-live restart` (what Ansible does with a new model) traffic is seen at
+    once: the restart waits for the new appsight live to say it listens."""
+    log = lab_yml["agent"]["log_path"]
+    said_before = gateway.check_output(f"grep -c 'appsight: listening on ' {log} || true")
+    restart = gateway.run(f"{LIVE_SCRIPT} restart")
+    assert restart.rc == 0, restart.stderr
+    assert f"appsight live listens on {lan}" in restart.stdout, restart.stdout
+    said_after = gateway.check_output(f"grep -c 'appsight: listening on ' {log}")
+    assert int(said_after) == int(said_before or 0) + 1
+    live = [line for line in gateway.check_output("ps -eo args").splitlines()
+            if "appsight live" in line]
+    assert any(f" live {lan} " in line for line in live), live
 
 
 def test_live_agent_classifies_with_the_deployed_model(

@@ -14,8 +14,9 @@ import re
 import pytest
 import testinfra
 
+from .hostinfo import LIVE_SCRIPT
+
 UP_SCRIPT = "/usr/local/sbin/appsight-gateway-up"
-LIVE_SCRIPT = "/usr/local/sbin/appsight-live"
 
 
 def _executable(host: testinfra.host.Host, path: str) -> bool:
