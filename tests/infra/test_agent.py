@@ -10,6 +10,12 @@ from labctl.config import LabConfig
 from .hostinfo import LIVE_SCRIPT
 
 
+def _live_processes(gateway: testinfra.host.Host) -> list[str]:
+    """The command lines of the gateway's appsight live processes."""
+    return [line for line in gateway.check_output("ps -eo args").splitlines()
+            if "appsight live" in line]
+
+
 def test_agent_is_installed(gateway: testinfra.host.Host, lab_yml: dict) -> None:
     venv = f"{lab_yml['agent']['install_dir']}/venv"
     version = gateway.check_output(f"{venv}/bin/appsight --version")
@@ -43,16 +49,14 @@ def test_restart_returns_once_the_agent_listens(
     started = [n for n, line in enumerate(lines) if "starting appsight live" in line]
     listening = [n for n, line in enumerate(lines) if f"appsight: listening on {lan}" in line]
     assert started and listening and listening[-1] > started[-1], lines[-10:]
-    live = [line for line in gateway.check_output("ps -eo args").splitlines()
-            if "appsight live" in line]
+    live = _live_processes(gateway)
     assert any(f" live {lan} " in line for line in live), live
 
 
 def test_live_agent_classifies_with_the_deployed_model(
         gateway: testinfra.host.Host, lab_yml: dict) -> None:
     model = lab_yml["agent"]["model_path"]
-    live = [line for line in gateway.check_output("ps -eo args").splitlines()
-            if "appsight live" in line]
+    live = _live_processes(gateway)
     if gateway.file(model).exists:
         assert all(f"-m {model}" in line for line in live), live
     else:
