@@ -936,7 +936,7 @@ def observations(results: dict[str, Any]) -> list[str]:
     if "cli" in profiles:
         pipeline_names = {e["function"] for e in profiles.get("pipeline", {}).get("top", [])}
         writing = [e for e in profiles["cli"]["top"] if e["function"] not in pipeline_names
-                   and "cli.py" not in e["function"]][:4]
+                   and not e["function"].startswith(("appsight/cli.py", "appsight/commands/"))][:4]
         cli_row = rows[0]
         pipe = next(r for r in rows if r.what == f"pipeline: flows + {DEFAULT_FEATURES}")
         notes.append(

@@ -1,0 +1,59 @@
+"""What becomes of each finished flow block: the per-burst report or JSON Lines on standard
+output, with the predicted app and confidence when there is a model, and optionally a JSON
+log beside it. Every block is flushed at once, so that a burst is reported as soon as it is
+complete, also into a pipe."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import IO
+
+from .errors import UsageError
+from .model import AppModel
+from .pipeline import FlowBlock
+from .report import write_json_lines, write_report
+
+Sink = Callable[[FlowBlock], None]
+
+
+def flow_reporter(as_json: bool, json_log: IO[str] | None = None) -> Sink:
+    """The sink of ``flows`` (and of ``live`` without a model): no app column."""
+    out = sys.stdout
+    writer = write_json_lines if as_json else write_report
+
+    def handle(block: FlowBlock) -> None:
+        writer(block, out)
+        out.flush()
+        if json_log is not None:
+            write_json_lines(block, json_log)
+            json_log.flush()
+
+    return handle
+
+
+def classifying_reporter(
+    model: AppModel, threshold: float, as_json: bool, json_log: IO[str] | None = None,
+) -> Sink:
+    """The sink of ``classify`` and ``live -m``: each flow with its app and confidence."""
+    out = sys.stdout
+    writer = write_json_lines if as_json else write_report
+
+    def handle(block: FlowBlock) -> None:
+        apps, confidence = model.predict(model.feature_set(block.flows), threshold)
+        extra = {"app": apps, "confidence": [round(float(c), 4) for c in confidence]}
+        writer(block, out, extra)
+        out.flush()
+        if json_log is not None:
+            write_json_lines(block, json_log, extra)
+            json_log.flush()
+
+    return handle
+
+
+def open_json_log(path: str) -> IO[str]:
+    """The --json-log file, appended to, one line per flow, flushed with every report."""
+    try:
+        return open(path, "a", encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot write the JSON log: {exc.strerror}") from None
