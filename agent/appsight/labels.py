@@ -1,10 +1,11 @@
 """Flow labels: which app each flow of a capture belongs to.
 
-Three sources, one format. A labels file is CSV with the header
+Four sources, one format. A labels file is CSV with the header
 ``capture,proto,src,sport,dst,dport,label``: ``capture`` is the capture's file name, ``proto``
 is written as in ``appsight flows --json`` (``tcp``, ``udp``, ``icmp``, ... or a number), and
 matching ignores direction. Every burst of a labelled 5-tuple in that capture gets the label.
-ndpiReader listings turn into such a file (:func:`rows_from_ndpi`), and a folder per app
+It can be written by hand; ndpiReader listings turn into one (:func:`rows_from_ndpi`), and so
+do the phone's own socket tables (:mod:`appsight.sockets`); without a file, a folder per app
 (``DIR/<app>/*.pcap``) labels every flow of its captures with the folder's name.
 """
 

@@ -7,7 +7,7 @@ same stages; only the source of record batches and the clock that closes the las
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -207,13 +207,3 @@ def iter_flow_blocks(
                 )
             )
 
-
-def iter_all_flow_blocks(
-    sources: Iterable[str | os.PathLike[str]],
-    options: PipelineOptions,
-    on_summary: Callable[[CaptureSummary], None] | None = None,
-    on_progress: Callable[[CaptureReader], None] | None = None,
-) -> Iterator[FlowBlock]:
-    """Flow blocks of several captures, one capture after the other."""
-    for source in sources:
-        yield from iter_flow_blocks(source, options, on_summary, on_progress)
