@@ -10,7 +10,7 @@ install: $(BIN)/appsight
 $(BIN)/appsight: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,lab]'
+	$(BIN)/pip install --quiet -e '.[test,lab,plots]'
 	@touch $@
 
 # The Tiny Core gateway's Vagrant box (root), for `vagrant up` (labctl box; docs/vagrant.md).

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import struct
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -401,3 +402,18 @@ def test_cross_validate_with_ambiguity_answers_the_same_flows_the_same_way() -> 
     assert ((confidence >= 0) & (confidence <= 1)).all()
     assert not np.array_equal(confidence, plain.proba.max(axis=1))
     assert 0 < int((confidence < 0.5).sum()) < len(data)
+
+
+def test_evaluate_without_matplotlib_is_refused_before_any_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A gateway installs the agent without the plots extra: evaluate says what to install."""
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now fails
+    out = tmp_path / "results"
+    status = main(["evaluate", str(Path(__file__).parents[1] / "examples" / "sample.pcap"),
+                   "-o", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2
+    assert err == ["appsight: error: evaluate draws its figures with matplotlib, which is not "
+                   "installed: pip install 'appsight[plots]'"]
+    assert not out.exists()

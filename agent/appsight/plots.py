@@ -2,10 +2,12 @@
 
 Figures are drawn on matplotlib's Agg canvas directly (no ``pyplot``): no display is needed on
 a gateway or in CI, and no global backend state is changed for a program that imports us.
+matplotlib is the ``plots`` extra: a gateway that only classifies does without it.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,6 +19,13 @@ import numpy as np
 from .errors import UsageError
 from .evaluation import CHECKPOINTS
 from .model import UNKNOWN
+
+
+def require_matplotlib() -> None:
+    """Refuse, before any work is done, to evaluate where the figures cannot be drawn."""
+    if importlib.util.find_spec("matplotlib") is None:
+        raise UsageError("evaluate draws its figures with matplotlib, which is not installed: "
+                         "pip install 'appsight[plots]'")
 
 
 @dataclass

@@ -232,8 +232,10 @@ def _settings(args: argparse.Namespace, feature_set: FeatureSet, options: Pipeli
 
 def run(args: argparse.Namespace) -> int:
     from ..evaluation import format_report, summarise
+    from ..plots import require_matplotlib
     from ..results import make_results_folder, write_plots, write_results_json
 
+    require_matplotlib()
     _check_arguments(args)
     feature_set = get_feature_set(args.features)
     options = pipeline_options(args)
