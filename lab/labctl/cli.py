@@ -19,12 +19,13 @@ _DESCRIPTION = """\
 The appsight lab emulated with network namespaces, for Linux hosts without virtualisation.
 It builds the topology of lab/lab.yml: 'gateway' (internal and uplink interfaces), 'phone'
 (a DHCP client standing in for the Android VM) and 'upstream' (standing in for the
-Internet), each a Debian root filesystem with its own sshd. The same Ansible playbooks and
+Internet), each with its own root filesystem (Tiny Core's for the gateway, unless lab.yml
+says debian; Debian's for the others) and sshd. The same Ansible playbooks and
 testinfra suite as for the Vagrant lab then run against it. Needs root."""
 
 _EPILOG = """\
 typical session:
-  sudo labctl up                      # about 10 s (a minute more the first time)
+  sudo labctl up                      # seconds (minutes the first time: root filesystems)
   cd ansible && ansible-playbook -i ../.lab/inventory.ini site.yml
   ssh -F .lab/ssh_config gateway      # look around
   sudo labctl reboot gateway          # state must come back from its persisted files
@@ -43,12 +44,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the lab's parameter file (default: lab/lab.yml of this "
                              "repository, or $APPSIGHT_LAB_CONFIG)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    commands.add_parser("up", help="build and boot the lab (idempotent when it is up)")
+    up = commands.add_parser("up", help="build and boot the lab (idempotent when it is up)")
+    up.set_defaults(run=_up)
     down = commands.add_parser("down", help="stop every host and remove all the lab made")
     down.add_argument("--purge", action="store_true",
                       help="also delete the cached root filesystems (emulated.cache_dir)")
-    commands.add_parser("status", help="each host's state; exit 0 only when all run")
-    commands.add_parser("ssh-config", help="print the ssh_config that reaches the hosts")
+    down.set_defaults(run=_down)
+    status = commands.add_parser("status", help="each host's state; exit 0 only when all run")
+    status.set_defaults(run=_status)
+    ssh_config = commands.add_parser("ssh-config",
+                                     help="print the ssh_config that reaches the hosts")
+    ssh_config.set_defaults(run=_ssh_config)
     box = commands.add_parser(
         "box", help="build the Tiny Core gateway's Vagrant box (libvirt) for `vagrant up`",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -61,9 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "input changes. Needs root (file owners inside the image).",
         epilog="then: vagrant up   (docs/vagrant.md)")
     box.add_argument("--force", action="store_true", help="build even if up to date")
+    box.set_defaults(run=_box)
     reboot = commands.add_parser(
         "reboot", help="power-cycle a host: runtime state lost, its disk kept")
     reboot.add_argument("host", choices=HOST_NAMES)
+    reboot.set_defaults(run=_reboot)
     demo = commands.add_parser(
         "demo", help="the main job end to end: lab, provisioning, tests, labelled captures, "
                      "retraining, live reports, evaluation",
@@ -81,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="seed of the apps' traffic (default %(default)s)")
     demo.add_argument("--keep-lab", action="store_true",
                       help="reuse a lab that is up instead of building it afresh")
+    demo.set_defaults(run=_demo)
     collect = commands.add_parser(
         "collect", help="labelled recordings of apps, one session each, ground truth from the "
                         "phone's socket tables",
@@ -105,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "an SSH tunnel to the gateway) instead of the emulated phone")
     collect.add_argument("--inventory", type=Path, metavar="FILE",
                          help="Ansible inventory of the gateway (default: the emulated lab's)")
+    collect.set_defaults(run=_collect)
     return parser
 
 
@@ -132,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         config_path = args.config.resolve() if args.config else find_config()
         config = load_config(config_path)
         lab = Lab(config, state_dir=config_path.parent.parent / ".lab")
-        return _dispatch(args, lab)
+        return int(args.run(args, lab))
     except LabError as exc:
         print(f"labctl: error: {exc}", file=sys.stderr)
         return exc.exit_status
@@ -163,36 +173,50 @@ def _collect(args: argparse.Namespace, lab: Lab) -> int:
     return 1 if failed else 0
 
 
-def _dispatch(args: argparse.Namespace, lab: Lab) -> int:
-    if args.command == "up":
-        lab.up()
-    elif args.command == "down":
-        lab.down()
-        if args.purge:
-            purge_cache(lab.config)
-        left = lab.leftovers()
-        if left:
-            raise LabError(f"down left {', '.join(left)}")
-    elif args.command == "reboot":
-        lab.reboot(args.host)
-    elif args.command == "status":
-        rows = lab.status()
-        for name, state, address in rows:
-            print(f"{name:<10} {address:<15} {state}")
-        return 0 if all(state == "running" for _, state, _ in rows) else 1
-    elif args.command == "demo":
-        options = DemoOptions(seconds_per_app=args.seconds_per_app,
-                              mixed_seconds=args.mixed_seconds, seed=args.seed,
-                              fresh=not args.keep_lab)
-        Demo(lab, lab.config.source.parent.parent, options).run()
-    elif args.command == "collect":
-        return _collect(args, lab)
-    elif args.command == "box":
-        from labctl.tinycore.box import build_box
+def _up(args: argparse.Namespace, lab: Lab) -> int:
+    lab.up()
+    return 0
 
-        built = build_box(lab.config, force=args.force)
-        print(f"box {lab.config.gateway_box} {built.version}: {built.box}\n"
-              f"catalog (the Vagrantfile adds the box from it): {built.catalog}")
-    elif args.command == "ssh-config":
-        print(ssh_config_text(lab.state_dir, lab.config), end="")
+
+def _down(args: argparse.Namespace, lab: Lab) -> int:
+    lab.down()
+    if args.purge:
+        purge_cache(lab.config)
+    left = lab.leftovers()
+    if left:
+        raise LabError(f"down left {', '.join(left)}")
+    return 0
+
+
+def _reboot(args: argparse.Namespace, lab: Lab) -> int:
+    lab.reboot(args.host)
+    return 0
+
+
+def _status(args: argparse.Namespace, lab: Lab) -> int:
+    rows = lab.status()
+    for name, state, address in rows:
+        print(f"{name:<10} {address:<15} {state}")
+    return 0 if all(state == "running" for _, state, _ in rows) else 1
+
+
+def _demo(args: argparse.Namespace, lab: Lab) -> int:
+    options = DemoOptions(seconds_per_app=args.seconds_per_app,
+                          mixed_seconds=args.mixed_seconds, seed=args.seed,
+                          fresh=not args.keep_lab)
+    Demo(lab, lab.config.source.parent.parent, options).run()
+    return 0
+
+
+def _box(args: argparse.Namespace, lab: Lab) -> int:
+    from labctl.tinycore.box import build_box
+
+    built = build_box(lab.config, force=args.force)
+    print(f"box {lab.config.gateway_box} {built.version}: {built.box}\n"
+          f"catalog (the Vagrantfile adds the box from it): {built.catalog}")
+    return 0
+
+
+def _ssh_config(args: argparse.Namespace, lab: Lab) -> int:
+    print(ssh_config_text(lab.state_dir, lab.config), end="")
     return 0
