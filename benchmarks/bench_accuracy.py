@@ -16,7 +16,7 @@ Why this shape:
   flows another never saw. nfstream sizes are IP-layer (``accounting_mode=1``) as appsight's
   feature lengths are. Our sets are also run with the default 1 s burst gap (more, shorter
   flows; not comparable flow for flow with nfstream, so reported apart).
-* **The same forest** (:func:`appsight.training.make_forest`, 150 trees), its threshold chosen
+* **The same forest** (:class:`appsight.classifier.AppClassifier`, 150 trees), its threshold chosen
   per fold from out-of-bag predictions of the training folds, as ``appsight train`` does.
 * Macro-F1 is compared at equal coverage too (the threshold at which each set answers 80 % of
   the flows): a set that answers fewer flows is not credited for the flows it dodges.
@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from appsight.classifier import classes_with_enough_data
 from appsight.evaluation import (
     Predictions,
     confused_pairs,
@@ -71,7 +72,6 @@ from appsight.training import (
     Dataset,
     FlowFilter,
     build_dataset,
-    classes_with_enough_data,
     labelled_sources,
 )
 
@@ -305,9 +305,13 @@ def oob_checker_cv(dataset: Dataset, fold_of: dict[str, int], groups: np.ndarray
     """The ambiguity stage as AppScanner built it, for comparison: each training flow is
     labelled right or wrong by the first forest's own (out-of-bag) answer on the training
     data, and a second forest learns that; threshold 0.5 on its probability."""
-    from appsight.evaluation import FoldResult, with_confidence
-    from appsight.model import right_probability
-    from appsight.training import CHECKER_THRESHOLD, make_forest
+    from appsight.classifier import (
+        CHECKER_THRESHOLD,
+        make_forest,
+        right_probability,
+        with_confidence,
+    )
+    from appsight.evaluation import FoldResult
 
     y = dataset.labels.astype(str)
     classes = sorted(set(y.tolist()))
@@ -748,7 +752,7 @@ def write_docs(results: dict[str, Any], runs: dict[str, list[Run]],
         "capture group's fold is decided once per seed and reused for every feature set and "
         f"burst gap. Repeated with {seeds} seeds (fold assignment and forest); the first "
         "seed's predictions give the detailed tables and plots.")
-    add(f"* **Forest**: `make_forest` as `appsight train` uses it ({results['args']['trees']} "
+    add(f"* **Forest**: `AppClassifier` as `appsight train` fits it ({results['args']['trees']} "
         "trees, gini, sqrt features, at most 2048 leaves), threshold chosen per fold from "
         "out-of-bag predictions of the training folds.")
     if a:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from appsight.classifier import UNKNOWN, classes_with_enough_data, with_confidence
 from appsight.cli import main
 from appsight.errors import UsageError
 from appsight.evaluation import (
@@ -31,11 +32,9 @@ from appsight.evaluation import (
     read_groups_file,
     reject_option_row,
     threshold_for_coverage,
-    with_confidence,
 )
 from appsight.features import FEATURE_SETS
-from appsight.model import UNKNOWN
-from appsight.training import Dataset, classes_with_enough_data
+from appsight.training import Dataset
 
 CLASSES = ["a", "b", "c"]
 Y_TRUE = np.array(["a", "a", "a", "b", "b", "c"], dtype=object)

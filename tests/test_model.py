@@ -33,13 +33,13 @@ from typing import Any
 import numpy as np
 import pytest
 import skops.io as sio
+from appsight.classifier import UNKNOWN
 from appsight.cli import main
 from appsight.errors import AppsightError
 from appsight.features import APPSCANNER54, FEATURE_SETS, SEED14, FeatureSet
 from appsight.model import (
     MAGIC,
     TRUSTED_TYPES,
-    UNKNOWN,
     AppModel,
     ModelError,
     file_sha256,
@@ -709,14 +709,14 @@ def test_no_module_can_unpickle() -> None:
 def with_checker(model: AppModel, trees: int = 5) -> AppModel:
     """The model plus a real checker forest (right/wrong labels from a fixed rule), as
     ``train --ambiguity`` stores it."""
-    from appsight.training import make_forest
+    from appsight.classifier import AppClassifier, make_forest
 
     features, labels = sample_features(model.feature_set)
     keep = [i for i, label in enumerate(labels) if label]
     right = np.arange(len(keep)) % 3 != 0
     checker = make_forest(trees, seed=3).fit(features[keep], right)
-    return AppModel(model.forest, model.feature_set, 0.5, model.burst_gap,
-                    dict(model.metadata), checker=checker)
+    return AppModel(AppClassifier.from_fitted(model.forest, 0.5, checker), model.feature_set,
+                    model.burst_gap, dict(model.metadata))
 
 
 def test_model_with_checker_round_trips_as_format_2(model: AppModel, tmp_path: Path) -> None:
@@ -777,8 +777,7 @@ def test_checker_that_is_not_a_right_or_wrong_forest_is_refused(
 def test_right_probability_of_a_one_sided_checker() -> None:
     """A checker that only ever saw right answers says 'right' with certainty; one that only
     saw wrong answers, 'wrong'."""
-    from appsight.model import right_probability
-    from appsight.training import make_forest
+    from appsight.classifier import make_forest, right_probability
 
     rows = np.arange(12, dtype=np.float64).reshape(6, 2)
     always = make_forest(3, seed=0).fit(rows, np.ones(6, dtype=bool))

@@ -18,12 +18,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from appsight.classifier import THRESHOLD_GRID, UNKNOWN, choose_threshold
 from appsight.cli import main
 from appsight.labels import is_background
-from appsight.model import UNKNOWN, load_model
+from appsight.model import load_model
 from appsight.pipeline import PipelineOptions, iter_flow_blocks
 from appsight.report import flow_records
-from appsight.training import THRESHOLD_GRID, choose_threshold
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "examples" / "sample.pcap"

@@ -9,8 +9,9 @@ Two ways to get honest predictions, then one set of metrics over them:
   group that also stays in one fold.
 * **Separate training and test inputs**, checked for the same leakage.
 
-In both, the confidence threshold is chosen as :func:`~appsight.training.train_model` would
-choose it, from out-of-bag predictions of the training side only: choosing it on the test
+In both, each training side fits the :class:`~appsight.classifier.AppClassifier` that
+``appsight train`` saves, so the confidence threshold is chosen as a saved model's is, from
+out-of-bag predictions of the training side only: choosing it on the test
 flows would report a threshold no deployed model could have known.
 
 The metrics are pure functions of ``(y_true, proba, classes, threshold)`` so that they can be
@@ -24,7 +25,6 @@ from __future__ import annotations
 
 import csv
 import math
-import time
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -33,17 +33,14 @@ from typing import Any
 
 import numpy as np
 
-from .errors import UsageError
-from .model import UNKNOWN, right_probability
-from .training import (
-    CHECKER_THRESHOLD,
+from .classifier import (
     DEFAULT_MAX_LEAVES,
     DEFAULT_TREES,
-    Dataset,
-    choose_threshold,
-    fit_checker,
-    make_forest,
+    UNKNOWN,
+    AppClassifier,
 )
+from .errors import UsageError
+from .training import Dataset
 
 #: The thresholds of AppScanner's reject-option table.
 CHECKPOINTS: tuple[float, ...] = (0.5, 0.7, 0.9)
@@ -233,19 +230,6 @@ class Predictions:
         return sum(f.fit_seconds for f in self.folds)
 
 
-def with_confidence(proba: np.ndarray, confidence: np.ndarray) -> np.ndarray:
-    """Rows scaled so that each row's top value is ``confidence`` and its answer unchanged.
-
-    Every metric here reads an answer (the top column) and a confidence (its value) from a
-    row; with an ambiguity checker the confidence is the checker's, so the rows carry it.
-    """
-    top = proba.max(axis=1, initial=0.0)
-    # A confidence of 0 is kept a hair above 0, so the row still names its answer.
-    wanted = np.maximum(confidence, 1e-12)
-    scale = np.divide(wanted, top, out=np.zeros(len(proba)), where=top > 0)
-    return proba * scale[:, None]
-
-
 def fit_predict(
     train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, classes: Sequence[str],
     trees: int = DEFAULT_TREES, max_leaves: int | None = DEFAULT_MAX_LEAVES, seed: int = 0,
@@ -258,30 +242,15 @@ def fit_predict(
     ``train_groups`` (the capture group of each training flow), the ambiguity checker is
     trained too and each row's top value is its probability that the answer is right.
     """
-    ambiguity = train_groups is not None
-    forest = make_forest(trees, max_leaves, seed=seed, oob=threshold is None and not ambiguity)
-    started = time.perf_counter()
-    with warnings.catch_warnings():
-        # Few trees leave some flows without out-of-bag votes; they count as no answer.
-        warnings.simplefilter("ignore", UserWarning)
-        forest.fit(train_x, train_y.astype(str))
-    checker = None
-    if ambiguity:
-        checker = fit_checker(train_x, train_y, train_groups, trees, max_leaves, seed)
-        threshold = CHECKER_THRESHOLD if threshold is None else threshold
-    seconds = time.perf_counter() - started
-    if threshold is None:
-        oob = np.nan_to_num(forest.oob_decision_function_)
-        truth = np.searchsorted(forest.classes_, train_y.astype(str))
-        threshold = choose_threshold(oob, truth)
+    estimator = AppClassifier(trees, max_leaves, threshold=threshold, seed=seed,
+                              ambiguity=train_groups is not None)
+    estimator.fit(train_x, train_y, train_groups)
     proba = np.zeros((len(test_x), len(classes)))
     if len(test_x):
         position = {c: i for i, c in enumerate(classes)}
-        columns = [position[str(c)] for c in forest.classes_]
-        proba[:, columns] = forest.predict_proba(test_x)
-        if checker is not None:
-            proba = with_confidence(proba, right_probability(checker, test_x))
-    return proba, float(threshold), seconds
+        columns = [position[str(c)] for c in estimator.classes_]
+        proba[:, columns] = estimator.predict_proba(test_x)
+    return proba, estimator.threshold_, estimator.fit_seconds_
 
 
 def cross_validate(

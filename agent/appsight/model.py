@@ -39,7 +39,6 @@ MAGIC = b"APPSIGHT-MODEL\n"
 #: written as format 1, so older appsight versions keep reading it.
 FORMAT_VERSION = 2
 MAX_HEADER = 1 << 20
-UNKNOWN = "unknown"
 
 #: Types a forest file may contain beyond those skops trusts by default (plain containers,
 #: numpy arrays, scikit-learn estimators). Anything else in a payload is refused before skops
@@ -58,17 +57,6 @@ class ModelError(AppsightError):
     """A model file that cannot be used: missing, damaged, tampered with or incompatible."""
 
 
-def right_probability(checker: Any, features: np.ndarray) -> np.ndarray:
-    """The ambiguity checker's probability that the main forest's answer is right.
-
-    A checker trained where the forest was always right (or always wrong) knows one class
-    only; its answer is then that class with certainty.
-    """
-    proba = checker.predict_proba(features)
-    where = [i for i, c in enumerate(checker.classes_) if bool(c)]
-    return proba[:, where[0]] if where else np.zeros(len(features))
-
-
 def _canonical(header: dict[str, Any]) -> bytes:
     return json.dumps(header, sort_keys=True).encode()
 
@@ -81,42 +69,44 @@ def header_digest(header: dict[str, Any], payload: bytes) -> str:
 
 @dataclass
 class AppModel:
-    """A trained forest with the settings it was trained with.
+    """The model file's content: a fitted :class:`~appsight.classifier.AppClassifier` with the
+    feature set and pipeline settings it was trained with, and what training recorded.
 
-    With an ambiguity ``checker`` (AppScanner's second stage, see
-    :func:`appsight.training.fit_checker`), a flow's confidence is the checker's probability
+    With an ambiguity checker (AppScanner's second stage, see
+    :func:`appsight.classifier.fit_checker`), a flow's confidence is the checker's probability
     that the forest's answer is right, not the forest's top vote share.
     """
 
-    forest: Any
+    estimator: Any
     feature_set: FeatureSet
-    threshold: float
     burst_gap: float | None
     metadata: dict[str, Any] = field(default_factory=dict)
-    checker: Any = None
+
+    @property
+    def forest(self) -> Any:
+        return self.estimator.forest_
+
+    @property
+    def checker(self) -> Any:
+        return self.estimator.checker_
+
+    @property
+    def threshold(self) -> float:
+        return float(self.estimator.threshold_)
+
+    @threshold.setter
+    def threshold(self, value: float) -> None:
+        """Re-threshold a trained model (the forest is unchanged)."""
+        self.estimator.threshold = self.estimator.threshold_ = float(value)
 
     @property
     def classes(self) -> list[str]:
         return [str(c) for c in self.forest.classes_]
 
     def predict(self, features: np.ndarray, threshold: float | None = None,
-                batch: int = 256) -> tuple[list[str], np.ndarray]:
+                ) -> tuple[list[str], np.ndarray]:
         """(app or ``unknown``, confidence) per row; single-threaded, in small batches."""
-        cut = self.threshold if threshold is None else threshold
-        if len(features) == 0:
-            return [], np.zeros(0)
-        chunks = [features[i : i + batch] for i in range(0, len(features), batch)]
-        self.forest.n_jobs = 1  # joblib's start-up costs more than it saves on small batches
-        probabilities = np.vstack([self.forest.predict_proba(chunk) for chunk in chunks])
-        best = probabilities.argmax(axis=1)
-        confidence = probabilities[np.arange(len(best)), best]
-        if self.checker is not None:
-            self.checker.n_jobs = 1
-            confidence = np.concatenate([right_probability(self.checker, c) for c in chunks])
-        classes = self.forest.classes_
-        apps = [str(classes[b]) if c >= cut else UNKNOWN
-                for b, c in zip(best.tolist(), confidence.tolist(), strict=True)]
-        return apps, confidence
+        return self.estimator.decide(features, threshold)
 
     # ----------------------------------------------------------------- saving
     def save(self, path: str | Path) -> int:
@@ -279,14 +269,10 @@ def load_model(path: str | Path, expect_sha256: str | None = None) -> AppModel:
     if getattr(forest, "n_features_in_", None) != len(feature_set.columns):
         raise ModelError(f"{path}: forest expects {forest.n_features_in_} features")
     meta = {k: v for k, v in header.items() if k not in RESERVED_FIELDS or k == "versions"}
-    return AppModel(
-        forest=forest,
-        feature_set=feature_set,
-        threshold=float(header.get("threshold", 0.5)),
-        burst_gap=header.get("burst_gap"),
-        metadata=meta,
-        checker=checker,
-    )
+    from .classifier import AppClassifier
+
+    estimator = AppClassifier.from_fitted(forest, float(header.get("threshold", 0.5)), checker)
+    return AppModel(estimator, feature_set, header.get("burst_gap"), meta)
 
 
 def file_sha256(path: str | Path) -> str:

@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from .classifier import UNKNOWN
 from .errors import UsageError
 from .evaluation import CHECKPOINTS
-from .model import UNKNOWN
 
 
 def require_matplotlib() -> None:

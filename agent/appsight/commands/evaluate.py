@@ -159,8 +159,8 @@ def _read(args: argparse.Namespace, inputs: _Inputs, feature_set: FeatureSet,
 def _keep_apps_with_enough_data(args: argparse.Namespace, train: Any, test: Any,
                                 groups: np.ndarray) -> tuple[Any, Any, np.ndarray]:
     """--min-class-flows and --min-class-captures: leave out the apps with too little data."""
+    from ..classifier import classes_with_enough_data
     from ..evaluation import subset
-    from ..training import classes_with_enough_data
 
     if args.min_class_flows <= 1 and args.min_class_captures <= 1:
         return train, test, groups
