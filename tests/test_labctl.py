@@ -25,6 +25,8 @@ def test_project_lab_yml_is_valid() -> None:
     config = load_config(find_config(REPO))
     assert config.gateway_address in config.subnet
     assert config.dhcp_range[0] < config.dhcp_range[1]
+    # The agent's settings, as the demo runs and compares the live agent.
+    assert config.agent.burst_gap > 0 and config.agent.json_log_path.endswith(".jsonl")
 
 
 @pytest.mark.parametrize(("changes", "message"), [
@@ -37,6 +39,9 @@ def test_project_lab_yml_is_valid() -> None:
     ({"emulated__management_subnet": "192.168.56.0/24"}, "overlaps"),
     ({"emulated__management_subnet": "10.199.0.0/30"}, "too small"),
     ({"emulated__upstream_address": "198.51.100.1"}, "upstream_address"),
+    ({"agent__burst_gap": 0}, "agent.burst_gap"),
+    ({"agent__threshold": 1.5}, "agent.threshold"),
+    ({"agent__threshold": "high"}, "agent.threshold"),
 ])
 def test_bad_lab_yml_is_a_one_line_error(
         tmp_path: Path, changes: dict[str, object], message: str) -> None:

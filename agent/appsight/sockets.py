@@ -1,11 +1,15 @@
-"""Ground truth from the phone itself: which app (Linux UID) owned each flow's socket.
+"""Ground truth from the phone itself: which app (Linux UID) owned each connection's socket.
 
 Android gives every app its own Linux UID, and the kernel lists every socket with its owner
 in ``/proc/net/tcp``, ``tcp6``, ``udp`` and ``udp6``. Sampling those tables on the phone
-while traffic runs, and the package to UID map (``pm list packages -U``), labels every flow
-seen at the gateway's internal side (before NAT, so the phone's 5-tuple is the socket's)
+while traffic runs, and the package to UID map (``pm list packages -U``), labels every
+connection seen at the gateway's internal side (before NAT, so the phone's 5-tuple is the socket's)
 with the app that really sent it, background services included, instead of with whatever
 app the experimenter meant to run.
+
+A socket is a *connection*: a 5-tuple over the whole capture, where the agent's *flow* is a
+5-tuple within one burst. One connection is as many flows as bursts it is active in; the
+labels file names connections, and every flow of a labelled connection carries its label.
 
 A sockets file is what a loop like this writes, on Android (adb shell) or any Linux::
 
@@ -32,7 +36,7 @@ from pathlib import Path
 from typing import TextIO
 
 from .errors import UsageError
-from .labels import LABEL_COLUMNS
+from .labels import LABEL_COLUMNS, Endpoint, FlowKey, flow_key
 from .pipeline import PipelineOptions, iter_flow_blocks
 from .report import flow_records
 
@@ -47,9 +51,6 @@ _TCP_TIME_WAIT = "06"
 
 _SECTION = re.compile(r"^#\s*(tcp|udp)6?\s*$")
 _PACKAGE = re.compile(r"^package:(?P<name>\S+)\s+uid:(?P<uid>\d+)")
-
-Endpoint = tuple[str, int]
-
 
 @dataclass(frozen=True)
 class SocketEntry:
@@ -177,20 +178,20 @@ def rows_from_sockets(
     captures: Iterable[str | Path], owners: SocketOwners, packages: dict[int, str],
     options: PipelineOptions,
 ) -> Iterator[tuple[str | None, ...]]:
-    """A labels-file row for every flow (5-tuple) of the captures, once per capture.
+    """A labels-file row for every connection (5-tuple) of the captures, once per capture.
 
     The last field, the label, is None where no socket owner is known (a socket that lived
     between two samples, or traffic that did not come from the phone): callers count those
     and leave them out of the labels file.
     """
     for capture in captures:
-        seen: set[tuple[str, Endpoint, Endpoint]] = set()
+        seen: set[FlowKey] = set()
         for block in iter_flow_blocks(capture, options):
             for record in flow_records(block):
                 proto = str(record["proto"])
                 a = (str(record["src"]), int(record["sport"]))  # type: ignore[call-overload]
                 b = (str(record["dst"]), int(record["dport"]))  # type: ignore[call-overload]
-                key = (proto, min(a, b), max(a, b))
+                key = flow_key(block.capture, proto, a, b)
                 if key in seen:
                     continue
                 seen.add(key)
@@ -201,9 +202,9 @@ def rows_from_sockets(
 
 @dataclass
 class SocketLabelling:
-    """What :func:`write_socket_labels` wrote: flows seen, flows labelled, per app."""
+    """What :func:`write_socket_labels` wrote: connections seen, labelled, per app."""
 
-    flows: int = 0
+    connections: int = 0
     labelled: int = 0
     ambiguous: int = 0
     per_app: dict[str, int] = field(default_factory=dict)
@@ -214,7 +215,7 @@ def write_socket_labels(
     options: PipelineOptions, out: TextIO,
 ) -> SocketLabelling:
     """Read a session's socket samples and package list, and write the labels file of its
-    captures to ``out``: every flow whose socket owner is known, under the owner's app."""
+    captures to ``out``: every connection whose socket owner is known, under its app."""
     owners = SocketOwners(parse_socket_tables(read_text_lines(sockets, "socket samples"),
                                               str(sockets)))
     names = parse_packages(read_text_lines(packages, "package list"), str(packages))
@@ -222,7 +223,7 @@ def write_socket_labels(
     writer.writerow(LABEL_COLUMNS)
     done = SocketLabelling()
     for row in rows_from_sockets(captures, owners, names, options):
-        done.flows += 1
+        done.connections += 1
         app = row[-1]
         if app is not None:
             writer.writerow(row)

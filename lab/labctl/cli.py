@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from labctl.collecting import collect_apps, merge_labels
+from labctl.collect_apps import collect_apps, merge_labels
 from labctl.config import HOST_NAMES, find_config, load_config
 from labctl.demo import Demo, DemoOptions
 from labctl.errors import LabError

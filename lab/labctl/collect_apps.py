@@ -1,7 +1,7 @@
 """``labctl collect``: labelled recordings of apps, one session per app, interruptions kept.
 
 Each app is recorded alone (``capture.yml`` on the gateway, the phone's socket tables sampled
-meanwhile) and its flows labelled from the phone's own socket owners. A session that fails
+meanwhile) and its connections labelled from the phone's own socket owners. A session that fails
 (adb lost, the phone rebooted, a playbook error) does not lose the others: what it fetched is
 kept, and a file ``INCOMPLETE-<app>.txt`` beside it says what happened.
 """
@@ -45,7 +45,7 @@ def collect_apps(phone: Phone, inventory: Path, repo: Path, apps: Sequence[str],
             print(f"collect: {app}: INCOMPLETE: {exc}", file=sys.stderr, flush=True)
             continue
         done.append(session)
-        print(f"collect: {app}: {session.labelled} of {session.flows} flows labelled "
+        print(f"collect: {app}: {session.labelled} of {session.connections} connections labelled "
               f"({', '.join(f'{a} {n}' for a, n in sorted(session.per_app.items()))})",
               flush=True)
     return results, done, failed

@@ -49,6 +49,16 @@ class ManagementLink:
 
 
 @dataclass(frozen=True)
+class AgentSettings:
+    """lab.yml's agent section as the demo uses it: how the live agent runs on the gateway."""
+
+    log_path: str
+    json_log_path: str
+    burst_gap: float
+    threshold: float | None  # None: the model's own
+
+
+@dataclass(frozen=True)
 class LabConfig:
     """The parameters labctl uses, derived from lab.yml."""
 
@@ -72,6 +82,7 @@ class LabConfig:
     gateway_box: str  # the Vagrant box's name
     gateway_box_file: Path  # where `labctl box` writes it
     tinycore: TinyCoreSource
+    agent: AgentSettings
 
     def namespace(self, host: str) -> str:
         """The network namespace of ``host``."""
@@ -182,6 +193,23 @@ def load_config(path: Path) -> LabConfig:
         gateway_box=box,
         gateway_box_file=(path.parent.parent / reader.string("machines.gateway.box_file")),
         tinycore=_tinycore(reader, path),
+        agent=_agent(reader, path),
+    )
+
+
+def _agent(reader: _Reader, path: Path) -> AgentSettings:
+    """lab.yml's agent section: a burst gap in seconds, a threshold in [0, 1] or null."""
+    gap, threshold = reader.value("agent.burst_gap"), reader.value("agent.threshold")
+    if isinstance(gap, bool) or not isinstance(gap, int | float) or not 0 < gap <= 3600:
+        raise LabError(f"{path}: agent.burst_gap must be a number of seconds above 0")
+    if threshold is not None and (isinstance(threshold, bool) or not isinstance(
+            threshold, int | float) or not 0 <= threshold <= 1):
+        raise LabError(f"{path}: agent.threshold must be a number from 0 to 1, or null")
+    return AgentSettings(
+        log_path=reader.string("agent.log_path"),
+        json_log_path=reader.string("agent.json_log_path"),
+        burst_gap=float(gap),
+        threshold=None if threshold is None else float(threshold),
     )
 
 

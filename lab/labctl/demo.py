@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -24,16 +24,16 @@ from typing import TextIO
 
 import yaml
 from appsight.addresses import NetworkMatcher
-from appsight.bursts import parse_burst_gap
 from appsight.pipeline import PipelineOptions
 
 from labctl.agreement import compare_predictions
 from labctl.ansible_runner import AnsibleRunner
-from labctl.collect import Collector, SessionResult
-from labctl.collecting import merge_labels
+from labctl.collect_apps import merge_labels
 from labctl.errors import LabError
 from labctl.lab import Lab
-from labctl.phone import EmulatedPhone, LabHost
+from labctl.phone import EmulatedPhone
+from labctl.recording import Collector, SessionResult
+from labctl.remote import SshHost
 
 #: Seconds to wait, after the mixed session, for the live agent's log to hold its flows.
 AGREEMENT_WAIT = 30.0
@@ -60,12 +60,15 @@ class Demo:
         self.results = repo / "results" / f"demo-{stamp}"
         self.logs = self.results / "logs"
         self.apps = _profile_names(repo / "lab" / "apps" / "profiles.yml")
-        agent = yaml.safe_load(lab.config.source.read_text())["agent"]
-        self.agent = agent
-        self.pipeline = PipelineOptions(burst_gap=parse_burst_gap(str(agent["burst_gap"])),
+        self.agent = lab.config.agent
+        self.pipeline = PipelineOptions(burst_gap=self.agent.burst_gap,
                                         device=NetworkMatcher.parse([str(lab.config.subnet)]))
-        self.stage_count = 8
-        self.stage_number = 0
+        # What a stage hands on to the stages after it.
+        self.runner: AnsibleRunner
+        self.collector: Collector
+        self.training: list[SessionResult] = []
+        self.train_labels: Path
+        self.mixed: SessionResult
 
     # -- running -------------------------------------------------------------------------
 
@@ -73,46 +76,65 @@ class Demo:
         started = time.monotonic()
         self.logs.mkdir(parents=True, exist_ok=True)
         _say(f"results folder: {self.results}")
-        runner = AnsibleRunner(self.repo, self.lab.state_dir / "inventory.ini",
-                               self.logs / "ansible.log")
-        with self._stage("the emulated lab", self.lab.log_dir):
-            if self.options.fresh:
-                self.lab.down()
-            self.lab.up()
-        with self._stage("provisioning: site.yml and apps.yml", "ansible.log"):
-            runner.run("site.yml")
-            runner.run("apps.yml")
-        with self._stage("the testinfra suite", "testinfra.log"):
-            self._testinfra()
+        self.runner = AnsibleRunner(self.repo, self.lab.state_dir / "inventory.ini",
+                                    self.logs / "ansible.log")
+        stages = self._stages()
+        for number, (title, log, work) in enumerate(stages, start=1):
+            with self._stage(number, len(stages), title, log):
+                work()
+        _say(f"done in {time.monotonic() - started:.0f} s; everything is in {self.results}")
+
+    def _stages(self) -> list[tuple[str, str | Path, Callable[[], None]]]:
+        """(title, log to read on failure, work) of each stage, in order."""
+        return [
+            ("the emulated lab", self.lab.log_dir, self._lab_up),
+            ("provisioning: site.yml and apps.yml", "ansible.log", self._provision),
+            ("the testinfra suite", "testinfra.log", self._testinfra),
+            (f"labelled captures of {len(self.apps)} apps, "
+             f"{self.options.seconds_per_app:g} s each", "ansible.log", self._record_each_app),
+            ("retraining on the gateway's captures (retrain.yml)", "ansible.log",
+             self._retrain),
+            (f"mixed session: all apps at once for {self.options.mixed_seconds:g} s, "
+             "appsight live reporting on the gateway", "live-report.txt", self._mixed_session),
+            ("live against offline classification", "agreement.json",
+             lambda: self._agreement(self.mixed)),
+            ("evaluation against the per-socket ground truth", "evaluate.log",
+             lambda: self._evaluate(self.training, self.train_labels, self.mixed)),
+        ]
+
+    def _lab_up(self) -> None:
+        if self.options.fresh:
+            self.lab.down()
+        self.lab.up()
+
+    def _provision(self) -> None:
+        self.runner.run("site.yml")
+        self.runner.run("apps.yml")
+
+    def _record_each_app(self) -> None:
         phone = EmulatedPhone(self.lab.state_dir / "ssh_config",
                               server=str(self.lab.config.upstream_address))
-        collector = Collector(runner, phone, self.results, self.pipeline)
-        training: list[SessionResult] = []
-        with self._stage(f"labelled captures of {len(self.apps)} apps, "
-                         f"{self.options.seconds_per_app:g} s each", "ansible.log"):
-            for index, app in enumerate(self.apps):
-                result = collector.record(app, [app], self.options.seconds_per_app,
-                                          self.options.seed + 10 * index)
-                _say(f"  {app}: {result.labelled} of {result.flows} flows labelled "
-                     f"({_per_app(result)})")
-                training.append(result)
-        train_labels = merge_labels(training, self.results / "labels" / "train.csv")
-        with self._stage("retraining on the gateway's captures (retrain.yml)", "ansible.log"):
-            runner.run("retrain.yml", {"agent_results_dir": collector.lab_results,
-                                       "agent_labels_src": train_labels})
-        with self._stage(f"mixed session: all apps at once for {self.options.mixed_seconds:g} s"
-                         f", appsight live reporting on the gateway", "live-report.txt"):
-            with self._live_report(self.results / "live-report.txt"):
-                mixed = collector.record("mixed", self.apps, self.options.mixed_seconds,
-                                         self.options.seed + 1000)
-                time.sleep(2 * float(self.agent["burst_gap"]) + 1)  # the last burst's report
-            _say(f"  mixed: {mixed.labelled} of {mixed.flows} flows labelled "
-                 f"({_per_app(mixed)})")
-        with self._stage("live against offline classification", "agreement.json"):
-            self._agreement(mixed)
-        with self._stage("evaluation against the per-socket ground truth", "evaluate.log"):
-            self._evaluate(training, train_labels, mixed)
-        _say(f"done in {time.monotonic() - started:.0f} s; everything is in {self.results}")
+        self.collector = Collector(self.runner, phone, self.results, self.pipeline)
+        self.training = []
+        for index, app in enumerate(self.apps):
+            result = self.collector.record(app, [app], self.options.seconds_per_app,
+                                           self.options.seed + 10 * index)
+            _say(f"  {app}: {result.labelled} of {result.connections} connections labelled "
+                 f"({_per_app(result)})")
+            self.training.append(result)
+        self.train_labels = merge_labels(self.training, self.results / "labels" / "train.csv")
+
+    def _retrain(self) -> None:
+        self.runner.run("retrain.yml", {"agent_results_dir": self.collector.lab_results,
+                                        "agent_labels_src": self.train_labels})
+
+    def _mixed_session(self) -> None:
+        with self._live_report(self.results / "live-report.txt"):
+            self.mixed = self.collector.record("mixed", self.apps, self.options.mixed_seconds,
+                                               self.options.seed + 1000)
+            time.sleep(2 * self.agent.burst_gap + 1)  # the last burst's report
+        _say(f"  mixed: {self.mixed.labelled} of {self.mixed.connections} connections labelled "
+             f"({_per_app(self.mixed)})")
 
     # -- the stages' work ----------------------------------------------------------------
 
@@ -125,7 +147,7 @@ class Demo:
     @contextmanager
     def _live_report(self, out: Path) -> Iterator[None]:
         """Show the live agent's log on the gateway as it grows, and keep a copy."""
-        log = self.agent["log_path"]
+        log = self.agent.log_path
         command = ["ssh", "-F", str(self.lab.state_dir / "ssh_config"), "gateway",
                    f"tail -n 0 -F {log}"]
         with out.open("w") as copy:
@@ -148,9 +170,9 @@ class Demo:
         live_json = self.results / "live-predictions.jsonl"
         command = [str(Path(sys.executable).parent / "appsight"), "classify", "--json",
                    "-m", str(model), "--device", str(self.lab.config.subnet),
-                   "--burst-gap", str(self.agent["burst_gap"]), *map(str, mixed.captures)]
-        if self.agent.get("threshold") is not None:  # as the live agent is told
-            command[2:2] = ["--threshold", str(self.agent["threshold"])]
+                   "--burst-gap", str(self.agent.burst_gap), *map(str, mixed.captures)]
+        if self.agent.threshold is not None:  # as the live agent is told
+            command[2:2] = ["--threshold", str(self.agent.threshold)]
         offline = self.results / "offline-predictions.jsonl"
         _logged(command, self.logs / "classify.log", cwd=self.repo, stdout=offline)
         report = self._live_caught_up(live_json, offline)
@@ -162,10 +184,10 @@ class Demo:
         """Fetch the live agent's JSON log until it holds every flow of the offline
         classification, or AGREEMENT_WAIT seconds have passed: a loaded gateway may report
         the session's last burst later than the burst gap."""
-        gateway = LabHost(self.lab.state_dir / "ssh_config", "gateway")
+        gateway = SshHost(self.lab.state_dir / "ssh_config", "gateway")
         deadline = time.monotonic() + AGREEMENT_WAIT
         while True:
-            gateway.fetch(self.agent["json_log_path"], live_json)
+            gateway.fetch(self.agent.json_log_path, live_json)
             report = compare_predictions(live_json, offline)
             if report["coverage"] == 1.0 or time.monotonic() > deadline:
                 return report
@@ -177,7 +199,7 @@ class Demo:
                    *[str(path) for session in training for path in session.captures],
                    "--labels", str(train_labels), "--test", *map(str, mixed.captures),
                    "--test-labels", str(mixed.labels), "--device", str(self.lab.config.subnet),
-                   "--burst-gap", str(self.agent["burst_gap"]), "--drop-background",
+                   "--burst-gap", str(self.agent.burst_gap), "--drop-background",
                    "-o", str(self.results / "evaluation")]
         output = _logged(command, self.logs / "evaluate.log", cwd=self.repo)
         print(output, end="", flush=True)
@@ -185,16 +207,15 @@ class Demo:
     # -- progress ------------------------------------------------------------------------
 
     @contextmanager
-    def _stage(self, title: str, log: str | Path) -> Iterator[None]:
+    def _stage(self, number: int, count: int, title: str, log: str | Path) -> Iterator[None]:
         """Number and time a stage; a failure names it and the log to read (a file of the
         results' logs/, or an absolute path)."""
-        self.stage_number += 1
-        _say(f"[{self.stage_number}/{self.stage_count}] {title}")
+        _say(f"[{number}/{count}] {title}")
         started = time.monotonic()
         try:
             yield
         except LabError as exc:
-            raise LabError(f"stage {self.stage_number} ({title}) failed: {exc} "
+            raise LabError(f"stage {number} ({title}) failed: {exc} "
                            f"(log: {self.logs / log})") from exc
         _say(f"      {time.monotonic() - started:.0f} s")
 

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from labctl.errors import LabError
+from labctl.remote import RemoteHost, SshHost
 
 #: Samples the socket tables every 0.05 s (one process per sample, so it stays cheap), in
 #: the format appsight's socket labeller reads. A socket that opens and closes between two
@@ -31,14 +32,10 @@ PHONE_WORK_DIR = "/data/local/tmp/appsight"
 APPS_DIR = "/opt/appsight-apps"
 
 
-class Phone:
+class Phone(RemoteHost):
     """What a recording session asks of a phone; subclasses say how to reach and drive it."""
 
     name = "phone"
-
-    def command(self, script: str) -> list[str]:
-        """The local command that runs ``script`` in the phone's shell."""
-        raise NotImplementedError
 
     def play(self, apps: Sequence[str], seconds: float, seed: int) -> list[dict]:
         """Drive the apps, all at once, for about ``seconds``; one summary per app."""
@@ -47,18 +44,6 @@ class Phone:
     def packages_path(self) -> str:
         """A file on the phone listing the apps as ``pm list packages -U`` does."""
         raise NotImplementedError
-
-    def shell(self, script: str, timeout: float = 60) -> str:
-        """Run ``script`` on the phone and return its output; a failure is a LabError."""
-        try:
-            done = subprocess.run(self.command(script), capture_output=True, text=True,
-                                  timeout=timeout, check=False)
-        except subprocess.TimeoutExpired as exc:
-            raise LabError(f"the {self.name} did not answer within {timeout:.0f} s") from exc
-        if done.returncode != 0:
-            message = done.stderr.strip().splitlines()[-1:] or ["no message"]
-            raise LabError(f"on the {self.name}: {script[:60]}...: {message[0]}")
-        return done.stdout
 
     def start_sampler(self, name: str) -> str:
         """Start sampling the socket tables into a file on the phone; its path."""
@@ -71,17 +56,6 @@ class Phone:
 
     def stop_sampler(self, path: str) -> None:
         self.shell(f"kill $(cat {path}.pid) 2>/dev/null; rm -f {path}.pid")
-
-    def fetch(self, path: str, local: Path) -> Path:
-        """Copy a file from the phone (byte for byte: ``cat`` through the transport)."""
-        local.parent.mkdir(parents=True, exist_ok=True)
-        with local.open("wb") as out:
-            done = subprocess.run(self.command(f"cat {shlex.quote(path)}"), stdout=out,
-                                  stderr=subprocess.PIPE, timeout=120, check=False)
-        if done.returncode != 0:
-            raise LabError(f"cannot fetch {path} from the {self.name}: "
-                           f"{done.stderr.decode(errors='replace').strip()}")
-        return local
 
     def _run_all(self, scripts: dict[str, str], seconds: float) -> dict[str, str]:
         """Run one script per app at once; their outputs, or a LabError naming the app."""
@@ -107,19 +81,7 @@ class Phone:
         return outputs
 
 
-class LabHost(Phone):
-    """Any host of the emulated lab, over SSH with the lab's ssh_config (shell and fetch)."""
-
-    def __init__(self, ssh_config: Path, host: str) -> None:
-        self.ssh_config = ssh_config
-        self.host = host
-        self.name = host
-
-    def command(self, script: str) -> list[str]:
-        return ["ssh", "-F", str(self.ssh_config), self.host, script]
-
-
-class EmulatedPhone(LabHost):
+class EmulatedPhone(SshHost, Phone):
     """The emulated lab's phone; its apps are the synthetic ones, each under its own user."""
 
     def __init__(self, ssh_config: Path, server: str) -> None:

@@ -27,7 +27,7 @@ class SessionResult:
     label: str
     captures: list[Path]
     labels: Path
-    flows: int = 0
+    connections: int = 0  # 5-tuples over the session's captures (sockets)
     labelled: int = 0
     per_app: dict[str, int] = field(default_factory=dict)
     app_summaries: list[dict] = field(default_factory=list)
@@ -77,5 +77,5 @@ class Collector:
         out.parent.mkdir(parents=True, exist_ok=True)
         with out.open("w", newline="") as handle:
             done = write_socket_labels(captures, sockets, packages, self.options, handle)
-        return SessionResult(label, captures, out, flows=done.flows, labelled=done.labelled,
-                             per_app=done.per_app)
+        return SessionResult(label, captures, out, connections=done.connections,
+                             labelled=done.labelled, per_app=done.per_app)

@@ -119,7 +119,8 @@ def run_from_sockets(args: argparse.Namespace) -> int:
     finally:
         if out is not sys.stdout:
             out.close()
-    share = f" ({100 * done.labelled / done.flows:.0f} %)" if done.flows else ""
-    print(f"appsight: {done.labelled} of {done.flows} flows labelled by their socket's owner"
+    share = f" ({100 * done.labelled / done.connections:.0f} %)" if done.connections else ""
+    print(f"appsight: {done.labelled} of {done.connections} connections labelled by their "
+          f"socket's owner"
           f"{share}; {done.ambiguous} left out as ambiguous", file=sys.stderr)
     return 0
