@@ -2,7 +2,10 @@
 
 The pipeline, one module per stage: :mod:`reader` (pcap/pcapng records) -> :mod:`decode`
 (IP packets) -> :mod:`bursts` -> :mod:`flows` -> :mod:`features`; :mod:`pipeline` joins
-them, :mod:`cli` is the ``appsight`` command.
+them, :mod:`cli` is the ``appsight`` command and :class:`Flows` (:mod:`api`) the library.
 """
 
-__version__ = "0.1.0"
+from .api import Flows
+from .version import __version__
+
+__all__ = ["Flows", "__version__"]

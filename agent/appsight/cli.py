@@ -12,9 +12,9 @@ import signal
 import sys
 import threading
 
-from . import __version__
 from .commands import COMMANDS
 from .errors import AppsightError
+from .version import __version__
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -29,10 +29,10 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__
 from .bursts import MAX_BURST_GAP
 from .errors import AppsightError
 from .features import FEATURE_SETS, FeatureSet
+from .version import __version__
 
 MAGIC = b"APPSIGHT-MODEL\n"
 #: 1: one forest; 2: a forest and its ambiguity checker. A model without a checker is still

@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 from typing import IO
 
-from ..addresses import NetworkMatcher
-from ..bursts import DEFAULT_BURST_GAP, parse_burst_gap
+from .. import api
+from ..bursts import DEFAULT_BURST_GAP
 from ..errors import UsageError
 from ..features import DEFAULT_FEATURE_SET, FEATURE_SETS
 from ..limits import DEFAULT_MAX_FLOWS, DEFAULT_MAX_PACKETS
@@ -54,21 +54,8 @@ def add_pipeline_options(parser: argparse.ArgumentParser) -> None:
 
 def pipeline_options(args: argparse.Namespace, model: AppModel | None = None) -> PipelineOptions:
     """The pipeline settings a command runs with: the flags given, else the model's, else the
-    defaults (a model keeps the burst gap and decapsulation it was trained with)."""
-    if args.burst_gap is not None:
-        gap = parse_burst_gap(args.burst_gap)
-    elif model is not None:
-        gap = model.burst_gap
-    else:
-        gap = DEFAULT_BURST_GAP
-    decapsulate = not args.no_decap
-    if model is not None:
-        decapsulate = decapsulate and model.metadata.get("decapsulate", True)
-    return PipelineOptions(
-        burst_gap=gap,
-        device=NetworkMatcher.parse(args.device) if args.device else None,
-        decapsulate=decapsulate,
-    )
+    defaults (:func:`appsight.api.pipeline_options`, the library's rule too)."""
+    return api.pipeline_options(args.burst_gap, args.device, not args.no_decap, model)
 
 
 def probability(text: str) -> float:
