@@ -94,14 +94,13 @@ class Flows:
         for capture in self.captures:
             for block in iter_flow_blocks(capture, self.options, self.summaries.append):
                 records = list(flow_records(block))
+                feature_set = self.model.feature_set if self.model else self.feature_set
+                matrix = feature_set(block.flows) if feature_set is not None else None
                 if self.feature_set is not None:
-                    matrix = self.feature_set(block.flows)
                     for record, row in zip(records, matrix.tolist(), strict=True):
                         record.update(zip(self.feature_set.columns, row, strict=True))
                 if self.model is not None:
-                    model = self.model
-                    apps, confidence = model.predict(model.feature_set(block.flows),
-                                                     self.threshold)
+                    apps, confidence = self.model.predict(matrix, self.threshold)
                     for record, app, c in zip(records, apps, confidence.tolist(),
                                               strict=True):
                         record["app"], record["confidence"] = app, round(float(c), 4)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from appsight.bursts import MAX_BURST_GAP
 
 from labctl.errors import LabError
 from labctl.tinycore.sources import TinyCoreSource
@@ -200,8 +201,9 @@ def load_config(path: Path) -> LabConfig:
 def _agent(reader: _Reader, path: Path) -> AgentSettings:
     """lab.yml's agent section: a burst gap in seconds, a threshold in [0, 1] or null."""
     gap, threshold = reader.value("agent.burst_gap"), reader.value("agent.threshold")
-    if isinstance(gap, bool) or not isinstance(gap, int | float) or not 0 < gap <= 3600:
-        raise LabError(f"{path}: agent.burst_gap must be a number of seconds above 0")
+    if isinstance(gap, bool) or not isinstance(gap, int | float) or not 0 < gap <= MAX_BURST_GAP:
+        raise LabError(f"{path}: agent.burst_gap must be a number of seconds above 0 "
+                       f"(as appsight --burst-gap takes it)")
     if threshold is not None and (isinstance(threshold, bool) or not isinstance(
             threshold, int | float) or not 0 <= threshold <= 1):
         raise LabError(f"{path}: agent.threshold must be a number from 0 to 1, or null")
