@@ -24,7 +24,7 @@ Why this shape:
 Usage::
 
     .venv/bin/python benchmarks/bench_accuracy.py                 # tables on standard output
-    .venv/bin/python benchmarks/bench_accuracy.py --write-docs    # and docs/accuracy.md, plots
+    .venv/bin/python benchmarks/bench_accuracy.py --write-docs    # and docs/accuracy-protocols.md
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ from appsight.training import (
 )
 
 REPO = Path(__file__).resolve().parent.parent
-DOCS = REPO / "docs" / "accuracy.md"
+DOCS = REPO / "docs" / "accuracy-protocols.md"
 IMG = REPO / "docs" / "img"
 OUR_SETS = ("seed14", "appscanner54", "timing39", "payload38")
 #: Coverages at which the default is compared with every other set (1.0: no threshold).
@@ -161,7 +161,7 @@ def _keyed(dataset: Dataset) -> list[FlowKey]:
             for r in dataset.records]
 
 
-def appsight_datasets(sources: list[tuple[str, str | None]], labels: LabelTable,
+def appsight_datasets(sources: list[tuple[str, str | None]], labels: LabelTable | None,
                       gap: float | None) -> tuple[dict[str, Dataset], list[FlowKey], float]:
     """Our three sets over the same flows, their flow keys, and the seconds it took."""
     combined, slices = combined_feature_set()
@@ -185,10 +185,13 @@ def _nf_set(name: str, columns: Sequence[str]) -> FeatureSet:
                       summary=f"nfstream {name}")
 
 
-def nfstream_dataset(sources: list[tuple[str, str | None]], labels: LabelTable,
+def nfstream_dataset(sources: list[tuple[str, str | None]], labels: LabelTable | None,
                      accounting_mode: int = 1, suffix: str = "",
                      ) -> tuple[dict[str, Dataset], list[FlowKey], float, int]:
     """nfstream's features of its labelled flows; (datasets, keys, seconds, failed captures).
+
+    Without ``labels``, every flow of a capture takes the capture's folder label (the second
+    item of its source).
 
     ``accounting_mode`` 1 counts IP-layer sizes (as our IP-length features), 3 payload sizes
     (as payload38's payload columns); ``suffix`` tells the variants apart.
@@ -202,7 +205,7 @@ def nfstream_dataset(sources: list[tuple[str, str | None]], labels: LabelTable,
     failed = 0
     columns = [*NF48, *NF_BASIC]
     started = time.perf_counter()
-    for path, _ in sources:
+    for path, folder_label in sources:
         capture = Path(path).name
         try:
             frame = nfstream.NFStreamer(
@@ -223,7 +226,7 @@ def nfstream_dataset(sources: list[tuple[str, str | None]], labels: LabelTable,
             key = flow_key(capture, proto_name(int(proto)),
                            (str(ipaddress.ip_address(src)), int(sport)),
                            (str(ipaddress.ip_address(dst)), int(dport)))
-            label = labels.labels.get(key)
+            label = folder_label if labels is None else labels.labels.get(key)
             if label is None:
                 continue
             rows.append(matrix[i])
@@ -579,7 +582,7 @@ def pair_lines(pairs: list[dict[str, Any]]) -> list[str]:
 def write_docs(results: dict[str, Any], runs: dict[str, list[Run]],
                pairs: dict[str, list[dict[str, Any]]], images: dict[str, str],
                checker_runs: dict[str, list[Run]]) -> str:
-    """docs/accuracy.md: setup, the comparison, AppScanner's tables, per-app results, why."""
+    """docs/accuracy-protocols.md: setup, comparison, AppScanner's tables, per-app results, why."""
     out: list[str] = []
     add = out.append
     none_runs = {k: v for k, v in runs.items() if v[0].variant.burst == "none"}
@@ -594,7 +597,10 @@ def write_docs(results: dict[str, Any], runs: dict[str, list[Run]],
     seeds = results["repeats"]
     first = [v[0] for v in runs.values()]
 
-    add("# Accuracy: naming apps in captures the forest has never seen")
+    add("# Accuracy on protocols: naming nDPI's labels in captures the forest has never seen")
+    add("")
+    add("The protocol benchmark, on nDPI's test captures, whose labels are mostly protocols. "
+        "Real Android apps are measured in [accuracy.md](accuracy.md).")
     add("")
     add(f"Measured {results['date']} with `benchmarks/bench_accuracy.py` on "
         f"{results['machine']} (scikit-learn {results['versions']['scikit-learn']}, nfstream "
@@ -928,7 +934,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out" / "accuracy",
                         help="where results.json and every run's plots go")
     parser.add_argument("--write-docs", action="store_true",
-                        help="also write docs/accuracy.md and docs/img/accuracy-*.png")
+                        help="also write docs/accuracy-protocols.md and docs/img/accuracy-*.png")
     return parser.parse_args(argv)
 
 
@@ -1025,7 +1031,7 @@ def main(argv: list[str] | None = None) -> int:
     coverage_png(args.out / "coverage.png", curves,
                  f"Accuracy versus coverage: grouped {args.folds}-fold CV by capture, same "
                  "folds and flows, burst gap none")
-    images["coverage"] = "img/accuracy-coverage.png"  # docs/img, linked from docs/accuracy.md
+    images["coverage"] = "img/accuracy-coverage.png"  # docs/img, linked from the page
     for name in pairs:
         images[f"confusion-{name}"] = f"img/accuracy-confusion-{name}.png"
 

@@ -15,8 +15,12 @@ def run_captures(
     captures: list[str],
     options: PipelineOptions,
     handle: Callable[[FlowBlock], None],
+    capture_done: Callable[[], None] | None = None,
 ) -> int:
     """Feed every capture's flow blocks to ``handle``; report per-capture problems.
+
+    ``capture_done`` is called after each capture, read whole or not (for sinks that report
+    per capture).
 
     Returns the exit status: 0, or 2 if any capture could not be read at all.
     """
@@ -34,6 +38,9 @@ def run_captures(
                 progress.clear()
                 print(f"appsight: error: {exc}", file=sys.stderr)
                 status = exc.exit_status
+            if capture_done is not None:
+                progress.clear()
+                capture_done()
     finally:
         progress.clear()
     return status

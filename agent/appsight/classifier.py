@@ -125,8 +125,8 @@ def fit_checker(features: np.ndarray, labels: np.ndarray, groups: np.ndarray,
     set. Across captures that is as optimistic as out-of-bag votes: a flow's capture is in
     the training data. Here a flow is labelled by a forest that never saw its capture (a
     cross-validation grouped by capture inside the training data, with smaller forests), so
-    the checker learns which flows are hard on *new* captures. ``docs/accuracy.md`` measures
-    the gain at equal coverage.
+    the checker learns which flows are hard on *new* captures.
+    ``docs/accuracy-protocols.md`` measures the gain at equal coverage.
 
     (Inside a cross-validation an app may have one capture group on the training side: its
     flows are then labelled by a forest that never saw the app, wrong, which is what a

@@ -16,16 +16,16 @@ Sets:
   carry data, per direction, the first data packets' sizes in order, signed by direction, and
   the transport protocol as two yes/no columns.
 
-Why ``payload38`` carries across captures best (``docs/accuracy.md``): an IP length mixes the
-data an app sends with things of the network and the operating system (IPv4 or IPv6, extension
-headers, TCP options such as timestamps), and bare acknowledgements, whose number follows the
-receiver's acknowledgement policy, dilute every statistic. Payload sizes of data packets are
-what the app itself decides, and the first few in order (a TLS client hello, the server's
-certificate flight, a request and its reply) are the handshake that tells apps and protocols
-apart; AppScanner's statistics and nfstream's average them away. The protocol appears twice
-(seed14's code and the yes/no columns) on purpose: each split of a tree draws from a random
-sixth of the columns, and protocol is the strongest single feature across captures, so offering
-it more often measurably helps (+0.01 to +0.02 of macro-F1 in that benchmark).
+Why ``payload38`` carries across captures best (``docs/accuracy-protocols.md``): an IP length
+mixes the data an app sends with things of the network and the operating system (IPv4 or IPv6,
+extension headers, TCP options such as timestamps), and bare acknowledgements, whose number
+follows the receiver's acknowledgement policy, dilute every statistic. Payload sizes of data
+packets are what the app itself decides, and the first few in order (a TLS client hello, the
+server's certificate flight, a request and its reply) are the handshake that tells apps and
+protocols apart; AppScanner's statistics and nfstream's average them away. The protocol appears
+twice (seed14's code and the yes/no columns) on purpose: each split of a tree draws from a
+random sixth of the columns, and protocol is the strongest single feature across captures, so
+offering it more often measurably helps (+0.01 to +0.02 of macro-F1 in that benchmark).
 
 Statistical conventions (population standard deviation, biased skewness and kurtosis, linear
 percentiles, unscaled median absolute deviation, undefined statistics = 0) are those of
@@ -260,9 +260,9 @@ PAYLOAD38 = FeatureSet(
 FEATURE_SETS: dict[str, FeatureSet] = {
     fs.name: fs for fs in (SEED14, APPSCANNER54, TIMING39, PAYLOAD38)
 }
-#: The set with the best macro-F1 across captures in docs/accuracy.md (grouped cross-validation
-#: on nDPI's captures, same forest and folds), ahead of the other sets and of nfstream's
-#: statistics with and without a threshold, in every repetition.
+#: The set with the best macro-F1 across captures in docs/accuracy-protocols.md (grouped
+#: cross-validation on nDPI's captures, same forest and folds), ahead of the other sets and of
+#: nfstream's statistics with and without a threshold, in every repetition.
 DEFAULT_FEATURE_SET = "payload38"
 
 

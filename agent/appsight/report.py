@@ -14,7 +14,9 @@ from typing import IO
 import numpy as np
 
 from .addresses import pairs_to_addresses
+from .classifier import UNKNOWN
 from .pipeline import FlowBlock
+from .verdicts import Verdict
 
 PROTO_NAMES = {1: "icmp", 2: "igmp", 6: "tcp", 17: "udp", 47: "gre", 50: "esp", 51: "ah",
                58: "icmpv6", 89: "ospf", 103: "pim", 112: "vrrp", 132: "sctp"}
@@ -121,3 +123,23 @@ def _format_extra(key: str, value: object) -> str:
     if isinstance(value, float | np.floating):
         return f"{key} {value:.2f}"
     return f"{key} {value}"
+
+
+def _verdict_line(verdict: Verdict) -> str:
+    when = (f"{_clock(int(verdict.start * 1e9))} .. {_clock(int(verdict.end * 1e9))} UTC "
+            f"({verdict.end - verdict.start:.1f} s)")
+    apps = ", ".join(f"{a.app} {100 * a.share:.0f} % ({a.flows} flow{'s' if a.flows != 1 else ''},"
+                     f" confidence {a.confidence:.2f})" for a in verdict.apps) or UNKNOWN
+    return (f"== {verdict.capture}  device {verdict.device}  {when}  {verdict.flows} flows, "
+            f"{verdict.answered} answered: {apps}")
+
+
+def write_verdicts(verdicts: Sequence[Verdict], out: IO[str], as_json: bool) -> None:
+    """The active apps per device and window: a line each, or one JSON object each."""
+    if not verdicts:
+        return
+    if as_json:
+        out.write("".join(json.dumps(v.as_dict(), separators=(", ", ": ")) + "\n"
+                          for v in verdicts))
+    else:
+        out.write("".join(_verdict_line(v) + "\n" for v in verdicts))

@@ -9,10 +9,12 @@ import sys
 from collections.abc import Callable
 from typing import IO
 
+from .addresses import NetworkMatcher
 from .errors import UsageError
 from .model import AppModel
 from .pipeline import FlowBlock
-from .report import write_json_lines, write_report
+from .report import write_json_lines, write_report, write_verdicts
+from .verdicts import DEFAULT_MIN_SHARE, CaptureWindows, flow_answers
 
 Sink = Callable[[FlowBlock], None]
 
@@ -57,3 +59,30 @@ def open_json_log(path: str) -> IO[str]:
         return open(path, "a", encoding="utf-8")
     except OSError as exc:
         raise UsageError(f"{path}: cannot write the JSON log: {exc.strerror}") from None
+
+
+class VerdictReporter:
+    """The sink of ``classify --sessions``: each flow answered by the model, then, when a
+    capture ends, the active apps of every device and window (:mod:`appsight.verdicts`).
+
+    Call :meth:`finish` when a capture ends: its windows are written then.
+    """
+
+    def __init__(self, model: AppModel, threshold: float, as_json: bool,
+                 devices: NetworkMatcher | None, window: float | None,
+                 min_share: float = DEFAULT_MIN_SHARE) -> None:
+        self.model, self.threshold, self.as_json = model, threshold, as_json
+        self.devices, self.window, self.min_share = devices, window, min_share
+        self.current: CaptureWindows | None = None
+
+    def __call__(self, block: FlowBlock) -> None:
+        if self.current is None:
+            self.current = CaptureWindows(block.capture, self.window, self.min_share)
+        apps, confidence = self.model.predict(self.model.feature_set(block.flows), self.threshold)
+        self.current.add(flow_answers(block, apps, confidence, self.devices))
+
+    def finish(self) -> None:
+        if self.current is not None:
+            write_verdicts(self.current.verdicts(), sys.stdout, self.as_json)
+            sys.stdout.flush()
+            self.current = None

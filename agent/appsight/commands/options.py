@@ -25,7 +25,7 @@ AMBIGUITY_HELP = (
     "learnt from a cross-validation by capture inside the training data (every app needs 2 or "
     "more independent captures; training takes about 3 times as long). A flow's confidence "
     "is then that forest's probability that the answer is right (threshold 0.5 unless "
-    "given); docs/accuracy.md measures the gain"
+    "given); docs/accuracy-protocols.md measures the gain"
 )
 
 
