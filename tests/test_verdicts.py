@@ -198,3 +198,38 @@ def test_session_shares_are_finite_and_sum_to_at_most_one(
         assert all(math.isfinite(s) for s in shares)
         assert sum(shares) == pytest.approx(1.0, abs=1e-3) if shares else True
         assert np.all(np.diff(shares) <= 0)
+
+
+def test_live_reports_each_devices_apps_after_every_burst(
+        model: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A pcap stream through `live -`: the text report carries a device line under each report,
+    and with --sessions --json the last verdict is the whole capture's, as the capture is
+    shorter than the 30 s window."""
+    import subprocess
+    import sys
+
+    def live(*args: str) -> list[str]:
+        with open(SAMPLE, "rb") as stream:
+            done = subprocess.run(
+                [sys.executable, "-m", "appsight", "live", "-", "-m", str(model), *args],
+                stdin=stream, capture_output=True, text=True, timeout=120, check=False)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.splitlines()
+
+    report = live("--device", PHONE)
+    bursts = [i for i, line in enumerate(report) if "  burst " in line]
+    devices = [i for i, line in enumerate(report) if f"  device {PHONE}  " in line]
+    # A device line closes every report; a stream read faster than real time reports
+    # several bursts at once, so there may be fewer device lines than bursts.
+    assert len(bursts) >= 2 and 1 <= len(devices) <= len(bursts)
+    assert devices[-1] == len(report) - 1 and bursts[0] < devices[0]
+    assert all("  burst " not in report[d - 1] for d in devices)
+    streamed = [json.loads(line) for line in live("--device", PHONE, "--sessions", "--json")]
+    assert len(streamed) == len(devices)
+    status, out, _ = _run(capsys, "classify", "-m", model, "--json", "--sessions",
+                          "--device", PHONE, SAMPLE)
+    assert status == 0
+    [whole] = [json.loads(line) for line in out.splitlines()]
+    last = streamed[-1]
+    assert (last["flows"], last["answered"], last["apps"]) == (
+        whole["flows"], whole["answered"], whole["apps"])

@@ -14,7 +14,7 @@ from .errors import UsageError
 from .model import AppModel
 from .pipeline import FlowBlock
 from .report import write_json_lines, write_report, write_verdicts
-from .verdicts import DEFAULT_MIN_SHARE, CaptureWindows, flow_answers
+from .verdicts import DEFAULT_MIN_SHARE, CaptureWindows, RecentFlows, flow_answers
 
 Sink = Callable[[FlowBlock], None]
 
@@ -36,15 +36,26 @@ def flow_reporter(as_json: bool, json_log: IO[str] | None = None) -> Sink:
 
 def classifying_reporter(
     model: AppModel, threshold: float, as_json: bool, json_log: IO[str] | None = None,
+    recent: RecentFlows | None = None, devices: NetworkMatcher | None = None,
+    show_flows: bool = True,
 ) -> Sink:
-    """The sink of ``classify`` and ``live -m``: each flow with its app and confidence."""
+    """The sink of ``classify`` and ``live -m``: each flow with its app and confidence.
+
+    With ``recent`` (live), each device seen in the block then gets the verdict of its last
+    window (:mod:`appsight.verdicts`); ``show_flows`` False leaves only those verdicts.
+    """
     out = sys.stdout
     writer = write_json_lines if as_json else write_report
 
     def handle(block: FlowBlock) -> None:
         apps, confidence = model.predict(model.feature_set(block.flows), threshold)
         extra = {"app": apps, "confidence": [round(float(c), 4) for c in confidence]}
-        writer(block, out, extra)
+        if show_flows:
+            writer(block, out, extra)
+        if recent is not None and len(block.flows):
+            seen = recent.add(flow_answers(block, apps, confidence, devices))
+            now = float(block.flows.last_ts.max()) / 1e9
+            write_verdicts(recent.verdicts(block.capture, now, seen), out, as_json)
         out.flush()
         if json_log is not None:
             write_json_lines(block, json_log, extra)

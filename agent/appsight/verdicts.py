@@ -14,7 +14,7 @@ Windows are per device: the flow's forward address when ``--device`` says which 
 phones (a flow's forward direction is then "sent by the device"), else one window for all
 traffic of the capture. Offline, a window is the whole capture or consecutive ``window``-second
 slices from the device's first flow; live, it is the last ``window`` seconds, reported after
-every burst.
+every report of bursts.
 """
 
 from __future__ import annotations

@@ -10,7 +10,10 @@ from ..inputs import expand_captures
 from ..live_jobs import is_live, run_live
 from ..sinks import open_json_log
 from .classify import reporting_sink
-from .options import add_live_limits, add_model_options, live_settings
+from .options import add_live_limits, add_model_options, add_verdict_options, live_settings
+
+#: How far back a device's current apps look, live.
+LIVE_WINDOW = 30.0
 
 DESCRIPTION = """\
 The per-burst report with the predicted app (or 'unknown') and the
@@ -28,6 +31,7 @@ longest are reported early (one warning line per burst, their count at exit)."""
 EPILOG = """\
 examples:
   appsight live eth1 -m model.skops --device 192.168.56.0/24
+  appsight live eth1 -m model.skops --device 192.168.56.0/24 --sessions --json
   ssh gateway tcpdump -U -w - -i eth1 | appsight live - -m model.skops --json
   appsight live eth1 --device 192.168.56.0/24    no model yet: the flows only"""
 
@@ -50,13 +54,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--rotate-seconds", type=float, metavar="S", help="with --write-pcap")
     parser.add_argument("--user", help="user to switch to once the socket is open")
     add_live_limits(parser)
+    add_verdict_options(parser, window_default=LIVE_WINDOW)
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     json_log = open_json_log(args.json_log) if args.json_log else None
     try:
-        options, handle = reporting_sink(args, json_log)
+        options, handle = reporting_sink(args, json_log, live=True)
         if is_live(args.captures):
             return run_live(args.captures[0], options, handle, live_settings(args))
         return run_captures(expand_captures(args.captures), options, handle)

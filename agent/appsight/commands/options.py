@@ -9,6 +9,7 @@ help read the same everywhere, and :func:`pipeline_options` is the only construc
 from __future__ import annotations
 
 import argparse
+import math
 from typing import IO
 
 from .. import api
@@ -19,6 +20,7 @@ from ..limits import DEFAULT_MAX_FLOWS, DEFAULT_MAX_PACKETS
 from ..live_jobs import LiveSettings
 from ..model import AppModel
 from ..pipeline import PipelineOptions
+from ..verdicts import DEFAULT_MIN_SHARE
 
 AMBIGUITY_HELP = (
     "AppScanner's second stage: also train a forest that predicts when the first is wrong, "
@@ -67,6 +69,54 @@ def probability(text: str) -> float:
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"{text} is not between 0 and 1")
     return value
+
+
+def seconds(text: str) -> float:
+    """An argparse type: a positive, finite number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0.0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number of seconds")
+    return value
+
+
+def share(text: str) -> float:
+    """An argparse type: a share of the votes, above 0 and at most 1."""
+    value = probability(text)
+    if value == 0.0:
+        raise argparse.ArgumentTypeError("0 would name every app that got a vote")
+    return value
+
+
+def add_verdict_options(parser: argparse.ArgumentParser, window_default: float | None) -> None:
+    """classify's and live's --sessions: the apps per device and window
+    (:mod:`appsight.verdicts`). Offline the window defaults to the whole capture; live to
+    the last ``window_default`` seconds, reported after every burst."""
+    if window_default is None:
+        where = ("Without --device, all traffic of a capture is one device. With --json, one\n"
+                 "object per device and window.")
+        window_help = ("cut each device's traffic into windows of this length "
+                       "(default: the whole capture)")
+    else:
+        where = ("Live: after every report (each burst as it ends; several at once from a\n"
+                 "fast stream), for each device seen in it, over its last --window seconds.\n"
+                 "Without --sessions, the text report adds that line when -m and --device\n"
+                 "are given.")
+        window_help = f"how far back a device's verdict looks (default {window_default:g})"
+    group = parser.add_argument_group(
+        "which apps are running (--sessions)",
+        "Instead of a line per flow, the apps each device was running: the answered flows\n"
+        "vote with their confidence, and an app is named when it holds at least --min-share\n"
+        f"of the votes (none named: unknown).\n{where}")
+    group.add_argument("--sessions", action="store_true",
+                       help="report the active apps per device and window, not per flow")
+    group.add_argument("--window", type=seconds, default=window_default, metavar="SECONDS",
+                       help=window_help)
+    group.add_argument("--min-share", type=share, default=DEFAULT_MIN_SHARE, metavar="P",
+                       help=f"an app's share of a window's votes to be named "
+                       f"(default {DEFAULT_MIN_SHARE})")
 
 
 def add_forest_options(parser: argparse.ArgumentParser) -> None:
