@@ -139,9 +139,9 @@ def _proto_number(l4: str) -> int:
     return names.get(l4.upper(), int(l4) if l4.isdigit() else -1)
 
 
-def combined_feature_set() -> tuple[FeatureSet, dict[str, slice]]:
-    """All our sets in one pass over the captures, and where each set's columns are."""
-    sets = [FEATURE_SETS[name] for name in OUR_SETS]
+def combined_feature_set(names: Sequence[str] = OUR_SETS) -> tuple[FeatureSet, dict[str, slice]]:
+    """Our sets in one pass over the captures, and where each set's columns are."""
+    sets = [FEATURE_SETS[name] for name in names]
     slices, start = {}, 0
     for fs in sets:
         slices[fs.name] = slice(start, start + len(fs.columns))
@@ -149,7 +149,7 @@ def combined_feature_set() -> tuple[FeatureSet, dict[str, slice]]:
     combined = FeatureSet(
         name="combined", version=0, columns=tuple(c for fs in sets for c in fs.columns),
         compute=lambda flows: np.hstack([fs(flows) for fs in sets]),
-        summary=" + ".join(OUR_SETS),
+        summary=" + ".join(names),
     )
     return combined, slices
 
@@ -162,9 +162,10 @@ def _keyed(dataset: Dataset) -> list[FlowKey]:
 
 
 def appsight_datasets(sources: list[tuple[str, str | None]], labels: LabelTable | None,
-                      gap: float | None) -> tuple[dict[str, Dataset], list[FlowKey], float]:
-    """Our three sets over the same flows, their flow keys, and the seconds it took."""
-    combined, slices = combined_feature_set()
+                      gap: float | None, names: Sequence[str] = OUR_SETS,
+                      ) -> tuple[dict[str, Dataset], list[FlowKey], float]:
+    """Our sets over the same flows, their flow keys, and the seconds it took."""
+    combined, slices = combined_feature_set(names)
     started = time.perf_counter()
     data = build_dataset(sources, labels, combined, PipelineOptions(burst_gap=gap),
                          FlowFilter(), keep_records=True)

@@ -23,6 +23,7 @@ from appsight.addresses import NetworkMatcher
 from appsight.errors import UsageError
 from appsight.features import (
     APPSCANNER54,
+    CONTEXT48,
     DEFAULT_FEATURE_SET,
     FEATURE_SETS,
     PAYLOAD38,
@@ -216,7 +217,11 @@ def assert_features_match(flows: FlowTable, refs: Sequence[RefFlow]) -> None:
     """
     assert len(flows) == len(refs)
     failures: list[str] = []
-    for name, fs in FEATURE_SETS.items():
+    # context48 is payload38 plus columns about a flow's burst, not the flow alone:
+    # test_burst_context_is_each_bursts_flows_seen_from_the_flow checks those.
+    assert set(FEATURE_SETS) - set(REFERENCES) == {"context48"}
+    for name in REFERENCES:
+        fs = FEATURE_SETS[name]
         matrix = fs(flows)
         assert matrix.shape == (len(refs), len(fs.columns))
         rows = [REFERENCES[name](ref) for ref in refs]
@@ -399,7 +404,7 @@ def test_many_random_flows_in_several_bursts(seed: int) -> None:
 # ------------------------------------------------------------------- set definitions
 def test_feature_set_definitions() -> None:
     """Column counts, names and order are part of a model's contract."""
-    assert set(FEATURE_SETS) == {"seed14", "appscanner54", "timing39", "payload38"}
+    assert set(FEATURE_SETS) == {"seed14", "appscanner54", "timing39", "payload38", "context48"}
     assert DEFAULT_FEATURE_SET == "payload38"
     assert SEED14.columns == (
         "byte_ratio", "packet_ratio", "len_mean", "len_std", "len_kurtosis", "len_skew",
@@ -418,6 +423,7 @@ def test_feature_set_definitions() -> None:
         f"out_data_{s}" for s in ("count", "min", "max", "mean", "std", "median", "bytes"))
     assert PAYLOAD38.columns[-10:] == (
         *(f"data{i}_signed" for i in range(1, 9)), "is_tcp", "is_udp")
+    assert CONTEXT48.columns[:38] == PAYLOAD38.columns
     for name, fs in FEATURE_SETS.items():
         assert fs.name == name
         assert len(fs.columns) == len(set(fs.columns)) == int("".join(filter(str.isdigit, name)))
@@ -500,6 +506,33 @@ def test_features_do_not_depend_on_the_link_layer(
         build_flows(one_block(relinked)))
     for name in FEATURE_SETS:
         assert np.array_equal(a[name], b[name]), name
+
+
+@settings(max_examples=40, deadline=None)
+@given(packet_soup())
+def test_burst_context_is_each_bursts_flows_seen_from_the_flow(packets: list[Packet]) -> None:
+    """context48's last 10 columns against plain Python over each burst's flows (by hand
+    from payload38 and the flow table): counts, times, place, shares, first data packets."""
+    batch = make_batch(packets)
+    cut = len(batch) // 2
+    flows = build_flows(one_block(batch, [0, cut, len(batch)] if cut > 0 else None))
+    own, context = PAYLOAD38(flows), CONTEXT48(flows)[:, 38:]
+    assert np.array_equal(CONTEXT48(flows)[:, :38], own)
+    column = {c: i for i, c in enumerate(PAYLOAD38.columns)}
+    for burst in sorted(set(flows.burst.tolist())):
+        rows = np.flatnonzero(flows.burst == burst)
+        first = flows.first_ts[rows] / 1e9
+        payload = own[rows, column["out_data_bytes"]] + own[rows, column["in_data_bytes"]]
+        data1, data2 = own[rows, column["data1_signed"]], own[rows, column["data2_signed"]]
+        for k, row in enumerate(rows.tolist()):
+            expected = [
+                len(rows), float(np.sum(flows.packets_fwd[rows] + flows.packets_bwd[rows])),
+                float((flows.last_ts[rows].max() - flows.first_ts[rows].min()) / 1e9),
+                data1.min(), float(np.median(data1)), data1.max(), float(np.median(data2)),
+                k, first[k] - first.min(),
+                payload[k] / payload.sum() if payload.sum() > 0 else 0.0,
+            ]
+            assert context[row] == pytest.approx(expected, rel=1e-9, abs=1e-9), (burst, k)
 
 
 def test_feature_set_call_checks_the_shape() -> None:

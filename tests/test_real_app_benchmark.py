@@ -21,6 +21,8 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 import fgnet_pcaps  # noqa: E402
 from appsight import Flows  # noqa: E402
 from appsight.evaluation import FoldResult, Predictions  # noqa: E402
+from appsight.features import FEATURE_SETS  # noqa: E402
+from appsight.training import Dataset  # noqa: E402
 
 # Two flows of one session: the second starts between the first one's packets.
 SESSION = [
@@ -148,6 +150,12 @@ def test_time_split_trains_on_each_apps_earliest_sessions() -> None:
     assert bench_apps.time_split([("c", 1, "c1"), ("c", 2, "c2")], 0.9) == {"c1"}
 
 
+def _test_side(truth: np.ndarray, sessions: list[str], times: list[float]) -> Dataset:
+    records = [{"first_ts": t, "last_ts": t + 1.0} for t in times]
+    return Dataset(np.zeros((len(truth), 1)), truth, np.array(sessions, dtype=object),
+                   FEATURE_SETS["seed14"], records=records)
+
+
 def test_session_votes_name_a_session_by_its_flows() -> None:
     import bench_apps
 
@@ -155,13 +163,22 @@ def test_session_votes_name_a_session_by_its_flows() -> None:
     truth = np.array(["chat"] * 3 + ["maps"] * 2, dtype=object)
     proba = np.array([[0.9, 0.1], [0.4, 0.6], [0.45, 0.55],   # s1: one sure right, two unsure
                       [0.3, 0.7], [0.2, 0.8]])                # s2: both right
+    test = _test_side(truth, ["s1"] * 3 + ["s2"] * 2, [0.0, 3.0, 12.0, 0.0, 40.0])
     predictions = Predictions(classes, truth, proba, np.full(5, 0.65),
                               [FoldResult(1, 10, 5, ["s1", "s2"], 0.65, 0.0)])
-    votes = bench_apps.session_votes(predictions, np.array(["s1"] * 3 + ["s2"] * 2))
-    # Mean probability: s1 is 0.583 chat, right. Majority of answered flows: s1's only
-    # answered flow says chat, right; s2's two say maps.
-    assert votes == {"sessions": 2, "mean_probability": 100.0, "majority_of_answered": 100.0,
-                     "no_answered_flow": 0.0}
+    votes = bench_apps.session_votes(predictions, test)
+    # Mean probability: s1 is 0.583 chat, right. Verdict: s1's only answered flow says chat,
+    # s2's two say maps.
+    assert votes == {"sessions": 2, "mean_probability": 100.0, "verdict": 100.0,
+                     "verdict_unknown": 0.0}
     unsure = Predictions(classes, truth, proba, np.full(5, 0.95), predictions.folds)
-    votes = bench_apps.session_votes(unsure, np.array(["s1"] * 3 + ["s2"] * 2))
-    assert (votes["majority_of_answered"], votes["no_answered_flow"]) == (0.0, 100.0)
+    votes = bench_apps.session_votes(unsure, test)
+    assert (votes["verdict"], votes["verdict_unknown"]) == (0.0, 100.0)
+    # How soon: s2's second flow ends 41 s in, so before 30 s only its first flow counts.
+    soon = bench_apps.how_soon(predictions, test)
+    assert soon["2"] == 100.0 and list(soon) == [f"{t:g}" for t in bench_apps.SOON_SECONDS]
+    early = Predictions(classes, truth, np.array([[0.9, 0.1], [0.4, 0.6], [0.45, 0.55],
+                                                  [0.9, 0.1], [0.2, 0.8]]),
+                        np.full(5, 0.65), predictions.folds)
+    soon = bench_apps.how_soon(early, test)
+    assert (soon["30"], soon["2"]) == (50.0, 50.0)  # s2's early flow says chat

@@ -257,8 +257,67 @@ PAYLOAD38 = FeatureSet(
     "protocol",
 )
 
+def _burst_context(flows: FlowTable, own: np.ndarray) -> np.ndarray:
+    """Each flow's burst, seen from the flow: what else the phone did at the same time.
+
+    An app opens several connections at once (its API, its CDN, its analytics), so the other
+    flows of a burst say which app this is as much as the flow itself does, the idea FG-Net
+    builds its graphs on. ``own`` is payload38 of the same flows. Per burst: how many flows,
+    their packets, its duration; the flow's place in it (position, start offset, share of the
+    payload bytes); and over the burst's flows, the first data packet's signed size (min,
+    median, max: the handshakes) and the median second one.
+    """
+    n = len(flows)
+    if n == 0:
+        return np.zeros((0, len(_CONTEXT_COLUMNS)))
+    cut = np.flatnonzero(np.diff(flows.burst)) + 1
+    starts = np.concatenate([[0], cut, [n]]).astype(np.int64)
+    size = np.diff(starts)
+    which = np.repeat(np.arange(len(size)), size)
+    first = flows.first_ts.astype(np.float64) / 1e9
+    last = flows.last_ts.astype(np.float64) / 1e9
+    packets = (flows.packets_fwd + flows.packets_bwd).astype(np.float64)
+    payload = own[:, _OUT_BYTES] + own[:, _IN_BYTES]
+    burst_first = np.minimum.reduceat(first, starts[:-1])
+    burst_last = np.maximum.reduceat(last, starts[:-1])
+    burst_payload = np.add.reduceat(payload, starts[:-1])[which]
+    first_data = Series(own[:, _DATA1], starts)
+    second_data = Series(own[:, _DATA1 + 1], starts)
+    per_burst = np.column_stack([
+        size.astype(np.float64), np.add.reduceat(packets, starts[:-1]), burst_last - burst_first,
+        first_data.min(), first_data.median(), first_data.max(), second_data.median(),
+    ])[which]
+    position = (np.arange(n) - starts[:-1][which]).astype(np.float64)
+    share = np.divide(payload, burst_payload, out=np.zeros(n), where=burst_payload > 0)
+    return np.column_stack([per_burst, position, first - burst_first[which], share])
+
+
+_CONTEXT_COLUMNS = (
+    "burst_flows", "burst_packets", "burst_duration", "burst_data1_min", "burst_data1_median",
+    "burst_data1_max", "burst_data2_median", "burst_position", "burst_offset",
+    "burst_payload_share",
+)
+_OUT_BYTES = PAYLOAD38.columns.index("out_data_bytes")
+_IN_BYTES = PAYLOAD38.columns.index("in_data_bytes")
+_DATA1 = PAYLOAD38.columns.index("data1_signed")
+
+
+def _context48(flows: FlowTable) -> np.ndarray:
+    own = _payload38(flows)
+    return np.hstack([own, _burst_context(flows, own)])
+
+
+CONTEXT48 = FeatureSet(
+    name="context48",
+    version=1,
+    columns=(*PAYLOAD38.columns, *_CONTEXT_COLUMNS),
+    compute=_context48,
+    summary="payload38 + the flow's burst: its flows, packets and duration, the flow's place "
+    "in it, the first data packets of its other flows",
+)
+
 FEATURE_SETS: dict[str, FeatureSet] = {
-    fs.name: fs for fs in (SEED14, APPSCANNER54, TIMING39, PAYLOAD38)
+    fs.name: fs for fs in (SEED14, APPSCANNER54, TIMING39, PAYLOAD38, CONTEXT48)
 }
 #: The set with the best macro-F1 across captures in docs/accuracy-protocols.md (grouped
 #: cross-validation on nDPI's captures, same forest and folds), ahead of the other sets and of

@@ -6,9 +6,14 @@ agree: on FG-Net's sessions a vote over a session's flows names the app of about
 sessions (docs/accuracy.md). The rule:
 
 * Only answered flows vote (a flow below the model's threshold says nothing), each with its
-  confidence as weight. An app's *share* is its weight over all the window's votes.
+  confidence as weight. An app's *share* is its weight over the number of the window's flows,
+  answered or not: the part of the traffic that is confidently that app's.
 * The apps whose share reaches ``min_share`` are the window's active apps, highest first. A
-  window where no flow was answered, or none reaches ``min_share``, names no app: ``unknown``.
+  window where none does names no app: ``unknown``.
+
+Dividing by all flows rather than by the votes is what lets an app the model never saw come out
+``unknown``: most of its flows stay below the threshold, and the few that are answered as the
+nearest known app are too small a part of the window (docs/accuracy.md measures the trade-off).
 
 Windows are per device: the flow's forward address when ``--device`` says which addresses are
 phones (a flow's forward direction is then "sent by the device"), else one window for all
@@ -120,10 +125,10 @@ def combine(capture: str, device: str, answers: Sequence[FlowAnswer],
         if answer.app != UNKNOWN:
             weight[answer.app] += answer.confidence
             count[answer.app] += 1
-    total = sum(weight.values())
+    total = len(answers)
     apps = sorted(
         (ActiveApp(app, w / total, count[app], w / count[app])
-         for app, w in weight.items() if total > 0 and w / total >= min_share),
+         for app, w in weight.items() if w / total >= min_share),
         key=lambda a: (-a.share, a.app),
     )
     return Verdict(
