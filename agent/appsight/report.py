@@ -14,9 +14,7 @@ from typing import IO
 import numpy as np
 
 from .addresses import pairs_to_addresses
-from .classifier import UNKNOWN
 from .pipeline import FlowBlock
-from .verdicts import Verdict
 
 PROTO_NAMES = {1: "icmp", 2: "igmp", 6: "tcp", 17: "udp", 47: "gre", 50: "esp", 51: "ah",
                58: "icmpv6", 89: "ospf", 103: "pim", 112: "vrrp", 132: "sctp"}
@@ -61,7 +59,8 @@ def write_json_lines(
         out.write("\n".join(lines) + "\n")
 
 
-def _clock(ts_ns: int) -> str:
+def clock(ts_ns: int) -> str:
+    """HH:MM:SS.micro (UTC) of a time in nanoseconds."""
     seconds, nanos = divmod(int(ts_ns), 1_000_000_000)
     return time.strftime("%H:%M:%S", time.gmtime(seconds)) + f".{nanos // 1000:06d}"
 
@@ -97,7 +96,7 @@ def write_report(
         packets = int(f.packets_fwd[rows].sum() + f.packets_bwd[rows].sum())
         n_flows = rows.stop - rows.start
         lines.append(
-            f"== {block.capture}  burst {burst}  {_clock(first)} .. {_clock(last)} UTC "
+            f"== {block.capture}  burst {burst}  {clock(first)} .. {clock(last)} UTC "
             f"({(last - first) / 1e9:.3f} s)  {n_flows} flow{'s' if n_flows != 1 else ''}, "
             f"{packets} packets"
             + (f"  (reported early, burst still open: {block.early})" if block.early else "")
@@ -108,7 +107,7 @@ def write_report(
             b = _endpoint(dst[i], int(f.dport[i]), proto)
             arrow = "<->" if f.packets_bwd[i] else "-->"
             line = (
-                f"  {_clock(int(f.first_ts[i]))}  {proto_name(proto):<6} {a} {arrow} {b}  "
+                f"  {clock(int(f.first_ts[i]))}  {proto_name(proto):<6} {a} {arrow} {b}  "
                 f"out {int(f.packets_fwd[i])} pkts {_size(int(f.bytes_fwd[i]))}  "
                 f"in {int(f.packets_bwd[i])} pkts {_size(int(f.bytes_bwd[i]))}  "
                 f"{(int(f.last_ts[i]) - int(f.first_ts[i])) / 1e9:.3f} s"
@@ -124,22 +123,3 @@ def _format_extra(key: str, value: object) -> str:
         return f"{key} {value:.2f}"
     return f"{key} {value}"
 
-
-def _verdict_line(verdict: Verdict) -> str:
-    when = (f"{_clock(int(verdict.start * 1e9))} .. {_clock(int(verdict.end * 1e9))} UTC "
-            f"({verdict.end - verdict.start:.1f} s)")
-    apps = ", ".join(f"{a.app} {100 * a.share:.0f} % ({a.flows} flow{'s' if a.flows != 1 else ''},"
-                     f" confidence {a.confidence:.2f})" for a in verdict.apps) or UNKNOWN
-    return (f"== {verdict.capture}  device {verdict.device}  {when}  {verdict.flows} flows, "
-            f"{verdict.answered} answered: {apps}")
-
-
-def write_verdicts(verdicts: Sequence[Verdict], out: IO[str], as_json: bool) -> None:
-    """The active apps per device and window: a line each, or one JSON object each."""
-    if not verdicts:
-        return
-    if as_json:
-        out.write("".join(json.dumps(v.as_dict(), separators=(", ", ": ")) + "\n"
-                          for v in verdicts))
-    else:
-        out.write("".join(_verdict_line(v) + "\n" for v in verdicts))

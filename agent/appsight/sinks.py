@@ -13,8 +13,14 @@ from .addresses import NetworkMatcher
 from .errors import UsageError
 from .model import AppModel
 from .pipeline import FlowBlock
-from .report import write_json_lines, write_report, write_verdicts
-from .verdicts import DEFAULT_MIN_SHARE, CaptureWindows, RecentFlows, flow_answers
+from .report import write_json_lines, write_report
+from .verdicts import (
+    DEFAULT_MIN_SHARE,
+    CaptureWindows,
+    RecentFlows,
+    flow_answers,
+    write_verdicts,
+)
 
 Sink = Callable[[FlowBlock], None]
 

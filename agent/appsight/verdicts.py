@@ -24,19 +24,21 @@ every report of bursts.
 
 from __future__ import annotations
 
+import json
 import math
 from collections import defaultdict, deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
 from .addresses import NetworkMatcher, pairs_to_addresses
 from .classifier import UNKNOWN
 from .pipeline import FlowBlock
+from .report import clock
 
-#: Apps below this share of a window's votes are not reported (background noise, wrong answers).
+#: Apps below this share of a window's flows are not named (background noise, wrong answers).
 DEFAULT_MIN_SHARE = 0.2
 #: The device name of a window over all of a capture's traffic (no ``--device`` given).
 ALL_TRAFFIC = "all"
@@ -79,6 +81,16 @@ class Verdict:
     def top(self) -> str:
         """The app with the highest share, or ``unknown``."""
         return self.apps[0].app if self.apps else UNKNOWN
+
+    def report_line(self) -> str:
+        """The line of ``classify --sessions`` and of the live report (UTC times)."""
+        when = (f"{clock(round(self.start * 1e9))} .. {clock(round(self.end * 1e9))} UTC "
+                f"({self.end - self.start:.1f} s)")
+        apps = ", ".join(
+            f"{a.app} {100 * a.share:.0f} % ({a.flows} flow{'s' if a.flows != 1 else ''}, "
+            f"confidence {a.confidence:.2f})" for a in self.apps) or UNKNOWN
+        return (f"== {self.capture}  device {self.device}  {when}  {self.flows} flows, "
+                f"{self.answered} answered: {apps}")
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -205,3 +217,12 @@ class RecentFlows:
             else:
                 del self.answers[device]
         return out
+
+
+def write_verdicts(verdicts: Sequence[Verdict], out: IO[str], as_json: bool) -> None:
+    """The active apps per device and window: a report line each, or one JSON object each."""
+    if as_json:
+        out.write("".join(json.dumps(v.as_dict(), separators=(", ", ": ")) + "\n"
+                          for v in verdicts))
+    else:
+        out.write("".join(v.report_line() + "\n" for v in verdicts))

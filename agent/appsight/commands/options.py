@@ -108,14 +108,15 @@ def add_verdict_options(parser: argparse.ArgumentParser, window_default: float |
     group = parser.add_argument_group(
         "which apps are running (--sessions)",
         "Instead of a line per flow, the apps each device was running: the answered flows\n"
-        "vote with their confidence, and an app is named when it holds at least --min-share\n"
-        f"of the votes (none named: unknown).\n{where}")
+        "vote with their confidence, and an app is named when its votes add up to at least\n"
+        "--min-share of the window's flows, answered or not (none named: unknown).\n"
+        f"{where}")
     group.add_argument("--sessions", action="store_true",
                        help="report the active apps per device and window, not per flow")
     group.add_argument("--window", type=seconds, default=window_default, metavar="SECONDS",
                        help=window_help)
     group.add_argument("--min-share", type=share, default=DEFAULT_MIN_SHARE, metavar="P",
-                       help=f"an app's share of a window's votes to be named "
+                       help=f"the part of a window's flows an app's votes must reach "
                        f"(default {DEFAULT_MIN_SHARE})")
 
 
