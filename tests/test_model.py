@@ -784,3 +784,21 @@ def test_right_probability_of_a_one_sided_checker() -> None:
     never = make_forest(3, seed=0).fit(rows, np.zeros(6, dtype=bool))
     assert right_probability(always, rows).tolist() == [1.0] * 6
     assert right_probability(never, rows).tolist() == [0.0] * 6
+
+
+def test_skops_floor_excludes_the_trusted_type_bypass() -> None:
+    """skops before 0.12 let crafted files through the trusted-type check (CVE-2025-54412):
+    the declared floor and the installed version are both past it."""
+    import importlib.metadata
+    import re
+
+    import tomllib
+    from packaging.version import Version
+
+    project = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml")
+                            .read_text())["project"]
+    [spec] = [d for d in project["dependencies"] if d.startswith("skops")]
+    floor = re.search(r">=\s*([0-9.]+)", spec)
+    assert floor is not None, spec
+    assert Version(floor.group(1)) >= Version("0.12")
+    assert Version(importlib.metadata.version("skops")) >= Version("0.12")
