@@ -90,26 +90,36 @@ def read_groups_file(path: str | Path) -> list[tuple[str, str]]:
         handle = open(path, newline="", encoding="utf-8")  # noqa: SIM115
     except OSError as exc:
         raise UsageError(f"{path}: cannot read the groups file: {exc.strerror}") from None
-    with handle:
-        reader = csv.reader(handle, delimiter="\t")
-        header = [h.strip() for h in next(reader, [])]
-        if "file_a" in header and "file_b" in header:
-            ia, ib = header.index("file_a"), header.index("file_b")
-        else:
-            named = [i for i, h in enumerate(header) if h.startswith(("file", "capture"))]
-            if len(named) < 2:
-                raise UsageError(
-                    f"{path}: not a groups file: the tab-separated header needs the columns "
-                    "file_a and file_b (as pcap_overlaps.tsv)"
-                )
-            ia, ib = named[:2]
-        pairs = []
-        for line, row in enumerate(reader, start=2):
-            if not row or not any(cell.strip() for cell in row):
-                continue
-            if len(row) <= max(ia, ib) or not row[ia].strip() or not row[ib].strip():
-                raise UsageError(f"{path}, line {line}: expected two capture names")
-            pairs.append((row[ia].strip(), row[ib].strip()))
+    reader = csv.reader(handle, delimiter="\t")
+    try:
+        with handle:
+            return _group_pairs(path, reader)
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{path}: not a UTF-8 text file ({exc.reason})") from None
+    except csv.Error as exc:  # e.g. a field over the csv module's 131072-character limit
+        raise UsageError(f"{path}, line {reader.line_num}: not a groups file ({exc})") from None
+
+
+def _group_pairs(path: str | Path, reader: Any) -> list[tuple[str, str]]:
+    """The (capture, capture) pairs of a groups file's rows, after its header."""
+    header = [h.strip() for h in next(reader, [])]
+    if "file_a" in header and "file_b" in header:
+        ia, ib = header.index("file_a"), header.index("file_b")
+    else:
+        named = [i for i, h in enumerate(header) if h.startswith(("file", "capture"))]
+        if len(named) < 2:
+            raise UsageError(
+                f"{path}: not a groups file: the tab-separated header needs the columns "
+                "file_a and file_b (as pcap_overlaps.tsv)"
+            )
+        ia, ib = named[:2]
+    pairs = []
+    for line, row in enumerate(reader, start=2):
+        if not row or not any(cell.strip() for cell in row):
+            continue
+        if len(row) <= max(ia, ib) or not row[ia].strip() or not row[ib].strip():
+            raise UsageError(f"{path}, line {line}: expected two capture names")
+        pairs.append((row[ia].strip(), row[ib].strip()))
     return pairs
 
 

@@ -70,11 +70,15 @@ class LabelTable:
             handle = open(path, newline="", encoding="utf-8-sig")  # noqa: SIM115
         except OSError as exc:
             raise UsageError(f"{path}: cannot read labels: {exc.strerror}") from None
+        reader = csv.DictReader(handle)
         try:
             with handle:
-                return cls(_read_rows(path, csv.DictReader(handle)))
+                return cls(_read_rows(path, reader))
         except UnicodeDecodeError as exc:
             raise UsageError(f"{path}: not a UTF-8 text file ({exc.reason})") from None
+        except csv.Error as exc:  # e.g. a field over the csv module's 131072-character limit
+            line = reader.reader.line_num  # DictReader's own count lags on an error
+            raise UsageError(f"{path}, line {line}: not a labels CSV ({exc})") from None
 
     def captures(self) -> set[str]:
         return {key[0] for key in self.labels}

@@ -145,6 +145,8 @@ class CaptureReader:
     # ----------------------------------------------------------------- opening
     def _open(self) -> BinaryIO:
         if self.source == "-":
+            if sys.stdin is None:  # started with standard input closed (<&-)
+                raise CaptureFormatError("-: standard input is closed")
             return sys.stdin.buffer
         try:
             stream: BinaryIO = open(self.source, "rb")  # noqa: SIM115 - closed by close()
@@ -166,7 +168,7 @@ class CaptureReader:
             return None
 
     def close(self) -> None:
-        if self._stream is not sys.stdin.buffer:
+        if self.source != "-":
             self._stream.close()
 
     def __enter__(self) -> CaptureReader:

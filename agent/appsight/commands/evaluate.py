@@ -23,6 +23,7 @@ from .options import (
     add_pipeline_options,
     pipeline_options,
     probability,
+    seed,
 )
 
 DESCRIPTION = """\
@@ -74,7 +75,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "overlapping captures count once (default 1)")
     parser.add_argument("-o", "--output", metavar="DIR",
                         help="results folder (default results/evaluate-<timestamp>)")
-    parser.add_argument("--seed", type=int, default=0,
+    parser.add_argument("--seed", type=seed, default=0,
                         help="random seed of the folds and forests (default 0)")
     parser.add_argument("--json", action="store_true",
                         help="print one JSON object (the contents of results.json)")

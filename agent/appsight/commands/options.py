@@ -71,6 +71,17 @@ def probability(text: str) -> float:
     return value
 
 
+def seed(text: str) -> int:
+    """An argparse type: a random seed, as scikit-learn takes it (0 to 2**32 - 1)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"{text} is not between 0 and 4294967295")
+    return value
+
+
 def seconds(text: str) -> float:
     """An argparse type: a positive, finite number of seconds."""
     try:

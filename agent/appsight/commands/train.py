@@ -15,6 +15,7 @@ from .options import (
     add_pipeline_options,
     pipeline_options,
     probability,
+    seed,
 )
 
 
@@ -39,7 +40,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--threshold", type=probability, metavar="P",
                         help="confidence below which a flow is 'unknown' (default: chosen "
                         "from out-of-bag predictions and stored in the model)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--seed", type=seed, default=0, help="random seed (default 0)")
     parser.add_argument("--ambiguity", action="store_true", help=AMBIGUITY_HELP)
     parser.add_argument("--groups-file", metavar="TSV", action="append",
                         help="for --ambiguity: pairs of captures that share packets, as for "

@@ -1,0 +1,75 @@
+"""Careless input to the commands: one line `appsight: error: ...` and exit 2, never a traceback.
+
+Each case is run as a user runs it, in a real process (so that a closed standard input is
+really closed), and the check is on the exit status and the whole of standard error.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLE = REPO / "examples" / "sample.pcap"
+HEADER = "capture,proto,src,sport,dst,dport,label\n"
+
+
+def appsight(*args: object, stdin: int | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "appsight", *map(str, args)], stdin=stdin,
+                          capture_output=True, text=True, timeout=120, check=False, cwd=REPO)
+
+
+def assert_one_line_error(done: subprocess.CompletedProcess[str], message: str) -> None:
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert message in done.stderr.strip().splitlines()[-1], done.stderr
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate"])
+@pytest.mark.parametrize("value, message", [
+    ("-1", "-1 is not between 0 and 4294967295"),
+    ("4294967296", "4294967296 is not between 0 and 4294967295"),
+    ("1.5", "'1.5' is not a whole number"),
+])
+def test_seeds_scikit_learn_refuses_are_refused_first(tmp_path: Path, command: str, value: str,
+                                                       message: str) -> None:
+    labels = tmp_path / "labels.csv"
+    labels.write_text(HEADER + "sample.pcap,udp,10.77.0.2,47604,10.77.0.1,5000,a\n")
+    extra = ["-o", tmp_path / "m"] if command == "train" else []
+    done = appsight(command, "--labels", labels, SAMPLE, *extra, "--seed", value)
+    assert_one_line_error(done, f"argument --seed: {message}")
+
+
+def test_a_closed_standard_input_is_an_error_not_a_crash() -> None:
+    """`appsight flows - <&-`: the shell starts the process with descriptor 0 closed, so
+    Python has no sys.stdin at all."""
+    for command in (["flows", "-"], ["live", "-"]):
+        done = subprocess.run([sys.executable, "-m", "appsight", *command],
+                              preexec_fn=lambda: os.close(0), capture_output=True,
+                              text=True, timeout=60, check=False, cwd=REPO)
+        assert_one_line_error(done, "-: standard input is closed")
+
+
+def test_a_labels_field_past_the_csv_limit_names_the_file_and_line(tmp_path: Path) -> None:
+    labels = tmp_path / "labels.csv"
+    labels.write_text(HEADER + "sample.pcap,tcp,10.77.0.2,1,10.77.0.1,2," + "x" * 140_000 + "\n")
+    done = appsight("train", "--labels", labels, SAMPLE, "-o", tmp_path / "m")
+    assert_one_line_error(done, f"{labels}, line 2: not a labels CSV (field larger than")
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"file_a\tfile_b\n" + b"a.pcap\t" + b"y" * 140_000 + b"\n", "line 2: not a groups file"),
+    (b"file_a\tfile_b\n\xff\xfe.pcap\tb.pcap\n", "not a UTF-8 text file"),
+])
+def test_a_broken_groups_file_is_one_line(tmp_path: Path, content: bytes, message: str) -> None:
+    groups = tmp_path / "groups.tsv"
+    groups.write_bytes(content)
+    labels = tmp_path / "labels.csv"
+    labels.write_text(HEADER + "sample.pcap,udp,10.77.0.2,47604,10.77.0.1,5000,a\n")
+    done = appsight("evaluate", "--labels", labels, SAMPLE, "--groups-file", groups)
+    assert_one_line_error(done, message)
