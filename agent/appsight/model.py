@@ -30,8 +30,9 @@ from typing import Any
 import numpy as np
 
 from .bursts import MAX_BURST_GAP
-from .errors import AppsightError
+from .errors import AppsightError, UsageError
 from .features import FEATURE_SETS, FeatureSet
+from .outputs import AtomicFile
 from .version import __version__
 
 MAGIC = b"APPSIGHT-MODEL\n"
@@ -131,13 +132,19 @@ class AppModel:
         }
         header["sha256"] = header_digest(header, payload)
         data = MAGIC + _canonical(header) + b"\n" + payload
-        tmp = Path(f"{path}.tmp")
         try:
-            tmp.write_bytes(data)
-            tmp.replace(path)
+            output = AtomicFile(path, binary=True)
+        except UsageError:
+            raise ModelError(f"{path}: cannot write the model") from None
+        try:
+            output.handle.write(data)
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
+            output.abort()
             raise ModelError(f"{path}: cannot write the model: {exc.strerror}") from None
+        try:
+            output.commit()
+        except UsageError:
+            raise ModelError(f"{path}: cannot write the model") from None
         return len(data)
 
 

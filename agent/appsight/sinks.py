@@ -5,6 +5,8 @@ complete, also into a pipe."""
 
 from __future__ import annotations
 
+import errno
+import os
 import sys
 from collections.abc import Callable
 from typing import IO
@@ -71,11 +73,18 @@ def classifying_reporter(
 
 
 def open_json_log(path: str) -> IO[str]:
-    """The --json-log file, appended to, one line per flow, flushed with every report."""
+    """The --json-log file, appended to, one line per flow, flushed with every report.
+
+    The agent may run as root: a symbolic link at ``path`` is refused rather than followed
+    (it could point at any file of the system).
+    """
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
     try:
-        return open(path, "a", encoding="utf-8")
+        fd = os.open(path, flags, 0o644)
     except OSError as exc:
-        raise UsageError(f"{path}: cannot write the JSON log: {exc.strerror}") from None
+        reason = "is a symbolic link" if exc.errno == errno.ELOOP else exc.strerror
+        raise UsageError(f"{path}: cannot write the JSON log: {reason}") from None
+    return os.fdopen(fd, "a", encoding="utf-8")
 
 
 class VerdictReporter:

@@ -2,6 +2,9 @@
 
 Rows are written as blocks of flows arrive, so memory stays bounded by one block however
 long the capture; an interrupted run leaves a valid file holding every flow finished so far.
+The file is written beside the target under another name (:class:`~appsight.outputs.AtomicFile`)
+and takes the target's place when it is closed, so a run that reads nothing leaves an
+existing file untouched.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import IO
 import numpy as np
 
 from .errors import UsageError
+from .outputs import AtomicFile
 
 ID_COLUMNS = (
     "capture", "burst", "proto", "src", "sport", "dst", "dport", "first_ts", "last_ts",
@@ -32,6 +36,7 @@ class FeatureTableWriter:
         suffix = Path(path).suffix.lower()
         self._parquet = None
         self._csv_file: IO[str] | None = None
+        self._output: AtomicFile | None = None
         if suffix == ".parquet":
             try:
                 import pyarrow as pa
@@ -47,18 +52,18 @@ class FeatureTableWriter:
                  for c in ID_COLUMNS] + [(c, pa.float64()) for c in feature_columns]
             )
             self._schema = schema
+            self._output = AtomicFile(path, binary=True)
             try:
-                self._parquet = pq.ParquetWriter(path, schema)
+                self._parquet = pq.ParquetWriter(self._output.handle, schema)
             except OSError as exc:
+                self._output.abort()
                 raise UsageError(f"{path}: cannot write: {exc}") from None
         elif suffix in (".csv", "") or path == "-":
             if path == "-":
                 self._csv_file = sys.stdout
             else:
-                try:
-                    self._csv_file = open(path, "w", newline="")  # noqa: SIM115
-                except OSError as exc:
-                    raise UsageError(f"{path}: cannot write: {exc.strerror}") from None
+                self._output = AtomicFile(path)
+                self._csv_file = self._output.handle
             self._csv = csv.writer(self._csv_file)
             self._csv.writerow(self.columns)
         else:
@@ -83,10 +88,14 @@ class FeatureTableWriter:
         assert self._csv_file is not None
         self._csv_file.write(buffer.getvalue())
 
-    def close(self) -> None:
+    def close(self, keep: bool = True) -> None:
+        """Finish the file and put it in place, or with ``keep`` False (nothing could be
+        read) delete it and leave whatever file was there before."""
         if self._parquet is not None:
             self._parquet.close()
-        elif self._csv_file is not None and self._csv_file is not sys.stdout:
-            self._csv_file.close()
-        else:
+        if self._output is None:
             sys.stdout.flush()
+        elif keep:
+            self._output.commit()
+        else:
+            self._output.abort()

@@ -10,6 +10,7 @@ from ..batch import run_captures
 from ..errors import UsageError
 from ..features import DEFAULT_FEATURE_SET, FEATURE_SETS, get_feature_set
 from ..inputs import expand_captures
+from ..outputs import refuse_input_as_output
 from ..pipeline import FlowBlock
 from ..report import flow_records
 from ..tables import FeatureTableWriter
@@ -60,8 +61,10 @@ def run(args: argparse.Namespace) -> int:
     feature_set = get_feature_set(args.features)
     options = pipeline_options(args)
     captures = expand_captures(args.captures)
+    refuse_input_as_output(args.output, captures)
     table = FeatureTableWriter(args.output, feature_set.columns)
     interrupted = False
+    status = 2  # until run_captures returns: an exception keeps only what was written
 
     def handle(block: FlowBlock) -> None:
         table.write(list(flow_records(block)), feature_set(block.flows))
@@ -72,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
         interrupted = True
         status = 130
     finally:
-        table.close()
+        # Keep what was written unless every capture failed: then the old file stays.
+        table.close(keep=interrupted or status == 0 or table.rows > 0)
     where = "standard output" if args.output == "-" else args.output
     state = "interrupted: " if interrupted else ""
     print(

@@ -6,12 +6,16 @@ from __future__ import annotations
 import argparse
 import csv
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 from ..errors import UsageError
 from ..inputs import expand_captures
 from ..labels import LABEL_COLUMNS, rows_from_ndpi
-from .options import add_pipeline_options, open_output, pipeline_options
+from ..outputs import AtomicFile, refuse_input_as_output
+from .options import add_pipeline_options, pipeline_options
 
 SOCKETS_EPILOG = """\
 on the phone while the session runs (adb shell, or ssh on the emulated phone):
@@ -91,17 +95,26 @@ def _listings(items: list[str]) -> list[Path]:
     return paths
 
 
+@contextmanager
+def labels_output(path: str | None) -> Iterator[IO[str]]:
+    """Standard output, or a new file that replaces ``path`` only if the command succeeds."""
+    if path in (None, "-"):
+        yield sys.stdout
+        return
+    with AtomicFile(path) as output:
+        yield output.handle
+
+
 def run_from_ndpi(args: argparse.Namespace) -> int:
     paths = _listings(args.listings)
-    out = sys.stdout if args.output in (None, "-") else open_output(args.output)
-    writer = csv.writer(out)
-    writer.writerow(LABEL_COLUMNS)
-    rows = 0
-    for row in rows_from_ndpi(paths, label=args.label, guesses=args.guesses):
-        writer.writerow(row)
-        rows += 1
-    if out is not sys.stdout:
-        out.close()
+    refuse_input_as_output(args.output, paths)
+    with labels_output(args.output) as out:
+        writer = csv.writer(out)
+        writer.writerow(LABEL_COLUMNS)
+        rows = 0
+        for row in rows_from_ndpi(paths, label=args.label, guesses=args.guesses):
+            writer.writerow(row)
+            rows += 1
     print(f"appsight: {rows} labelled flows from {len(paths)} listings", file=sys.stderr)
     return 0
 
@@ -112,13 +125,10 @@ def run_from_sockets(args: argparse.Namespace) -> int:
     captures = expand_captures(args.captures)
     if not captures or "-" in captures:
         raise UsageError("give the capture files of the session (not standard input)")
-    out = sys.stdout if args.output in (None, "-") else open_output(args.output)
-    try:
+    refuse_input_as_output(args.output, [*captures, args.sockets, args.packages])
+    with labels_output(args.output) as out:
         done = write_socket_labels(captures, args.sockets, args.packages,
                                    pipeline_options(args), out)
-    finally:
-        if out is not sys.stdout:
-            out.close()
     share = f" ({100 * done.labelled / done.connections:.0f} %)" if done.connections else ""
     print(f"appsight: {done.labelled} of {done.connections} connections labelled by their "
           f"socket's owner"

@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import argparse
 import math
-from typing import IO
 
 from .. import api
 from ..bursts import DEFAULT_BURST_GAP
-from ..errors import UsageError
 from ..features import DEFAULT_FEATURE_SET, FEATURE_SETS
 from ..limits import DEFAULT_MAX_FLOWS, DEFAULT_MAX_PACKETS
 from ..live_jobs import LiveSettings
@@ -179,14 +177,6 @@ def add_live_limits(parser: argparse.ArgumentParser) -> None:
         help="for an interface or -: packets an open burst may hold, about 84 bytes each "
         f"(default {DEFAULT_MAX_PACKETS}); beyond, as with --max-flows",
     )
-
-
-def open_output(path: str) -> IO[str]:
-    """A CSV output file, or a one-line error."""
-    try:
-        return open(path, "w", newline="", encoding="utf-8")
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot write: {exc.strerror}") from None
 
 
 def live_settings(args: argparse.Namespace) -> LiveSettings:
