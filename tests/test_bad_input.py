@@ -73,3 +73,30 @@ def test_a_broken_groups_file_is_one_line(tmp_path: Path, content: bytes, messag
     labels.write_text(HEADER + "sample.pcap,udp,10.77.0.2,47604,10.77.0.1,5000,a\n")
     done = appsight("evaluate", "--labels", labels, SAMPLE, "--groups-file", groups)
     assert_one_line_error(done, message)
+
+
+NDPI_TAIL = " [proto: 7/HTTP][Confidence: DPI][cat: Web/5][1 pkts/60 bytes <-> 1 pkts/60 bytes]\n"
+
+
+@pytest.mark.parametrize("flow", [
+    "TCP [" + ":" * 12_000 + "]:1 <-> [::1]:2",     # each '::' was a guess: quadratic
+    "TCP 10.0.0.1:70000 <-> 10.0.0.2:80",           # no such port
+    "UDP [2001:db8::1]:53 <-> [2001:db8::2]:65536",
+])
+def test_ndpi_lines_no_ndpireader_could_print_are_not_labels(tmp_path: Path, flow: str) -> None:
+    listing = tmp_path / "x.out"
+    listing.write_text(f"\t1\t{flow}{NDPI_TAIL}\t2\tTCP 10.0.0.1:1000 <-> 10.0.0.2:80{NDPI_TAIL}")
+    done = appsight("labels", "from-ndpi", listing)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[1:] == ["x,tcp,10.0.0.1,1000,10.0.0.2,80,HTTP"]
+    assert "1 labelled flows from 1 listings" in done.stderr
+
+
+def test_an_overlong_address_is_refused_before_any_guess() -> None:
+    from appsight.errors import AppsightError
+    from appsight.ndpi_out import MAX_ADDRESS_TEXT, canonical_address
+
+    assert canonical_address("2600:1901::7a0b::") == "2600:1901:0:7a0b::"
+    with pytest.raises(AppsightError, match="cannot read the address"):
+        canonical_address("1::" * 1000)
+    assert len("ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255") == MAX_ADDRESS_TEXT

@@ -22,9 +22,12 @@ from pathlib import Path
 
 from .errors import AppsightError
 
+#: The longest text form of an address: IPv6 with an embedded IPv4 address, 45 characters.
+MAX_ADDRESS_TEXT = 45
+_ADDRESS = rf"\[[0-9a-fA-F:.]{{2,{MAX_ADDRESS_TEXT}}}\]|[0-9.]{{7,15}}"
 _FLOW = re.compile(
-    r"^\t(?P<idx>\d+)\t(?P<l4>[A-Za-z0-9_-]+) (?P<src>\[[0-9a-fA-F:.]+\]|[0-9.]+):(?P<sport>\d+) "
-    r"(?P<dir><->|->) (?P<dst>\[[0-9a-fA-F:.]+\]|[0-9.]+):(?P<dport>\d+) (?P<rest>.*)$"
+    rf"^\t(?P<idx>\d+)\t(?P<l4>[A-Za-z0-9_-]+) (?P<src>{_ADDRESS}):(?P<sport>\d{{1,5}}) "
+    rf"(?P<dir><->|->) (?P<dst>{_ADDRESS}):(?P<dport>\d{{1,5}}) (?P<rest>.*)$"
 )
 _COUNTERS = re.compile(r"\[(\d+) pkts/(\d+) bytes (?:<->|->) (\d+) pkts/(\d+) bytes\]")
 _PROTO = re.compile(r"\[proto: (?:(?P<tunnel>[A-Za-z0-9_]+):)?(?P<ids>[0-9.]+)/(?P<label>[^\]]+)\]")
@@ -72,8 +75,8 @@ def parse_ndpi_out(text: str) -> Iterator[NdpiFlow]:
             detected = False
             continue
         match = _FLOW.match(line)
-        if match is None:
-            continue
+        if match is None or int(match["sport"]) > 65535 or int(match["dport"]) > 65535:
+            continue  # not a flow line (or not one that ndpiReader could have printed)
         rest = match["rest"]
         counters = _COUNTERS.search(rest)
         if counters is None:
@@ -127,6 +130,8 @@ def canonical_address(text: str) -> str:
     its test captures, puts the real compression last), and the first reading that ndpiReader
     would print back as ``text`` wins.
     """
+    if len(text) > MAX_ADDRESS_TEXT:  # each '::' is a guess: bound the work before guessing
+        raise AppsightError(f"cannot read the address {text[:50]!r}... of an nDPI listing")
     try:
         return str(ipaddress.ip_address(text)) if text.count("::") <= 1 else _guess_v6(text)
     except ValueError:

@@ -134,6 +134,7 @@ class CaptureReader:
         self.stats = ReadStats()
         self._raw: BinaryIO | None = None
         self._last_ts = 0  # newest pcapng timestamp, for simple packet blocks (which have none)
+        self._broken = False  # a read failed: the input ends there
         self._stream: BinaryIO = self._open()
         self.size: int | None = None
         if self._raw is not None:
@@ -179,13 +180,36 @@ class CaptureReader:
 
     def _read(self, size: int) -> bytes:
         """Whatever is available now, up to ``size`` bytes; ``b""`` only at end of input."""
+        if self._broken:
+            return b""
+        if isinstance(self._stream, gzip.GzipFile):
+            return self._read_gzip(size)
         try:
             if self.source == "-":
                 return self._read_available(size)
             return self._stream.read(size)
         except (OSError, EOFError, zlib.error) as exc:
             self.stats.problems.append(f"read error: {exc}")
+            self._broken = True
             return b""
+
+    def _read_gzip(self, size: int) -> bytes:
+        """Up to ``size`` decompressed bytes, in the pieces gzip gives, so that damage (a cut
+        stream, a bad CRC, junk after the end) loses only what follows it: the bytes
+        decompressed before the error are returned, and the next call ends the input."""
+        parts: list[bytes] = []
+        got = 0
+        try:
+            while got < size:
+                piece = self._stream.read1(size - got)  # type: ignore[attr-defined]
+                if not piece:
+                    break
+                parts.append(piece)
+                got += len(piece)
+        except (OSError, EOFError, zlib.error) as exc:
+            self.stats.problems.append(f"damaged gzip stream, read up to the damage: {exc}")
+            self._broken = True
+        return b"".join(parts)
 
     def _read_available(self, size: int) -> bytes:
         """From a stream: wait for some bytes, then take all that are already there.
