@@ -130,3 +130,34 @@ def test_refuse_input_as_output_sees_through_other_spellings(tmp_path: Path) -> 
             refuse_input_as_output(spelling, [data])
     refuse_input_as_output(tmp_path / "new.csv", [data])  # does not exist yet: fine
     refuse_input_as_output("-", [data])
+
+
+def test_live_write_pcap_starts_a_new_file_when_the_link_type_changes(tmp_path: Path) -> None:
+    """A pcapng stream with an Ethernet and a raw-IP interface: each kept frame lands in a
+    file of its own link type (raw IP under an Ethernet header would be unreadable)."""
+    from capture_builder import DLT_EN10MB, DLT_RAW, PcapngBuilder
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.l2 import Ether
+    from scapy.utils import rdpcap
+
+    ip = [bytes(IP(src="10.0.0.2", dst="10.0.0.1") / UDP(sport=4000 + i, dport=53) / b"q")
+          for i in range(4)]
+    builder = PcapngBuilder().section()
+    ether, raw = builder.interface(DLT_EN10MB, tsresol=9), builder.interface(DLT_RAW, tsresol=9)
+    second = 1_600_000_000 * 10**9
+    builder.enhanced(ether, second, bytes(Ether() / IP(ip[0])))
+    builder.enhanced(raw, second + 10**6, ip[1])
+    builder.enhanced(raw, second + 2 * 10**6, ip[2])
+    builder.enhanced(ether, second + 3 * 10**6, bytes(Ether() / IP(ip[3])))
+    stream = builder.write(tmp_path / "mixed.pcapng")
+    kept = tmp_path / "kept"
+    with open(stream, "rb") as data:
+        done = subprocess.run([sys.executable, "-m", "appsight", "live", "-", "--write-pcap",
+                               str(kept)], stdin=data, capture_output=True, text=True,
+                              timeout=120, check=False, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    files = sorted(kept.iterdir())
+    headers = [int.from_bytes(f.read_bytes()[20:24], "little") for f in files]
+    assert headers == [DLT_EN10MB, DLT_RAW, DLT_EN10MB]
+    sports = [[int(p[UDP].sport) for p in rdpcap(str(f))] for f in files]
+    assert sports == [[4000], [4001, 4002], [4003]]

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import itertools
 import os
 import queue
 import select
@@ -276,7 +277,8 @@ class LiveMeter:
                     if self.stop.is_set():
                         break
                     if self.on_frames is not None and len(batch):
-                        self.on_frames(_batch_frames(batch), int(batch.linktype[0]))
+                        for linktype, frames in _frames_by_linktype(batch):
+                            self.on_frames(frames, linktype)
                     out.put(batch, batch.data.nbytes)
         except BaseException as exc:
             self.error = exc
@@ -364,13 +366,18 @@ class LiveMeter:
         return meter
 
 
-def _batch_frames(batch: RecordBatch) -> list[tuple[int, int, bytes]]:
+def _frames_by_linktype(batch: RecordBatch) -> list[tuple[int, list[tuple[int, int, bytes]]]]:
+    """The batch's frames as (link type, frames) runs: a stream may change link type (a
+    pcapng with several interfaces, pcaps one after another), a pcap file may not."""
     data = batch.data
-    return [
+    frames = [
         (int(t), int(w), data[o : o + c].tobytes())
         for t, w, o, c in zip(batch.ts_ns.tolist(), batch.wirelen.tolist(),
                               batch.offset.tolist(), batch.caplen.tolist(), strict=True)
     ]
+    links = batch.linktype.tolist()
+    cuts = [0, *(i for i in range(1, len(links)) if links[i] != links[i - 1]), len(links)]
+    return [(int(links[a]), frames[a:b]) for a, b in itertools.pairwise(cuts)]
 
 
 def drop_privileges(user: str | None, writable: Path | None = None) -> str | None:

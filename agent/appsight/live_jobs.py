@@ -98,7 +98,7 @@ def run_live(
     def keep_frames(frames: list[tuple[int, int, bytes]], linktype: int) -> None:
         assert writer is not None
         with lock:
-            writer.linktype = linktype
+            writer.set_linktype(linktype)
             writer.write(frames)
 
     meter = LiveMeter(options, handle, keep_frames if writer else None, limits, warn)

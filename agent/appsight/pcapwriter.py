@@ -61,12 +61,35 @@ class RotatingPcapWriter:
         except OSError as exc:
             raise CaptureWriteError(f"{folder}: cannot create the folder: {exc.strerror}") from None
 
+    def set_linktype(self, linktype: int) -> None:
+        """Frames of another link type from now on: a pcap file holds one link type, so the
+        next frames start a new file."""
+        if linktype != self.linktype:
+            self.close()
+            self.linktype = linktype
+
+    def _create(self, stamp: str) -> Path:
+        """A new file, never an existing one: exclusive create, no symbolic link followed (the
+        agent may be root); a name taken already (a restart in the same second) gets the next
+        number."""
+        number = len(self.paths) + 1
+        while True:
+            path = self.folder / f"{self.stem}-{stamp}-{number:04d}.pcap"
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+            except FileExistsError:
+                number += 1
+                continue
+            except OSError as exc:
+                raise CaptureWriteError(f"{path}: cannot write: {exc.strerror}") from None
+            self._file = os.fdopen(fd, "wb")
+            return path
+
     def _open_next(self) -> None:
         self.close()
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-        path = self.folder / f"{self.stem}-{stamp}-{len(self.paths) + 1:04d}.pcap"
+        path = self._create(stamp)
         try:
-            self._file = open(path, "wb")  # noqa: SIM115 - closed by close()
             header = _HEADER.pack(PCAP_NS_MAGIC, 2, 4, 0, 0, SNAPLEN, self.linktype)
             self._file.write(header)
             self._file.flush()
