@@ -82,11 +82,15 @@ def _open_as(source: InterfaceSource, user: str | None, writer: RotatingPcapWrit
 
 def run_live(
     source_name: str,
-    options: PipelineOptions,
-    handle: Callable[[FlowBlock], None],
+    make_sink: Callable[[], tuple[PipelineOptions, Callable[[FlowBlock], None]]],
     settings: LiveSettings,
 ) -> int:
-    """Run an interface or a pcap stream through the live loop until the end or a signal."""
+    """Run an interface or a pcap stream through the live loop until the end or a signal.
+
+    ``make_sink`` gives the pipeline settings and the sink; it loads the model, if any, so it
+    is called only once the interface is open and root dropped (``--user``): a model file is
+    never read as root.
+    """
     limits = OpenBurstLimits(max_flows=settings.max_flows, max_packets=settings.max_packets)
     writer = None
     if settings.write_pcap:
@@ -101,29 +105,33 @@ def run_live(
             writer.set_linktype(linktype)
             writer.write(frames)
 
-    meter = LiveMeter(options, handle, keep_frames if writer else None, limits, warn)
-    stop_on_signals(meter.stop)
+    meter: LiveMeter | None = None
     source = None
     try:
-        if source_name == "-":
-            meter.run_stream("-")
-        else:
+        if source_name != "-":
             source = InterfaceSource(source_name, bpf=settings.bpf)
             _report_drops_on_sigusr1(source)
             _open_as(source, settings.user, writer)
+        options, handle = make_sink()
+        meter = LiveMeter(options, handle, keep_frames if writer else None, limits, warn)
+        stop_on_signals(meter.stop)
+        if source is None:
+            meter.run_stream("-")
+        else:
             # Supervisors wait for this line: from here on no packet of the interface is missed.
             _say(f"listening on {source_name}")
             meter.run_interface(source)
     except KeyboardInterrupt:
-        meter.stop.set()
+        if meter is not None:
+            meter.stop.set()
     finally:
         if writer is not None:
             with lock:
                 writer.close()
             _say(f"wrote {writer.stats.packets} packets to {writer.stats.files} "
                  f"files in {settings.write_pcap}")
-        evicted = meter.meter.evictions.summary(meter.meter.capture, limits) \
-            if meter.meter is not None else None
+        evicted = (meter.meter.evictions.summary(meter.meter.capture, limits)
+                   if meter is not None and meter.meter is not None else None)
         if evicted:
             _say(evicted)
         if source is not None:

@@ -40,5 +40,5 @@ def run(args: argparse.Namespace) -> int:
     options = pipeline_options(args)
     handle = flow_reporter(args.json)
     if is_live(args.captures):
-        return run_live(args.captures[0], options, handle, live_settings(args))
+        return run_live(args.captures[0], lambda: (options, handle), live_settings(args))
     return run_captures(expand_captures(args.captures), options, handle)

@@ -61,9 +61,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     json_log = open_json_log(args.json_log) if args.json_log else None
     try:
-        options, handle = reporting_sink(args, json_log, live=True)
         if is_live(args.captures):
-            return run_live(args.captures[0], options, handle, live_settings(args))
+            # The model is loaded after the interface is open and root is dropped.
+            return run_live(args.captures[0], lambda: reporting_sink(args, json_log, live=True),
+                            live_settings(args))
+        options, handle = reporting_sink(args, json_log, live=True)
         return run_captures(expand_captures(args.captures), options, handle)
     finally:
         if json_log is not None:
