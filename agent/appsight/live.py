@@ -380,12 +380,15 @@ def _frames_by_linktype(batch: RecordBatch) -> list[tuple[int, list[tuple[int, i
     return [(int(links[a]), frames[a:b]) for a, b in itertools.pairwise(cuts)]
 
 
-def drop_privileges(user: str | None, writable: Path | None = None) -> str | None:
+def drop_privileges(user: str | None, writable: Path | None = None,
+                    made: bool = False) -> str | None:
     """After the socket is open: become ``user`` (or the sudo caller) if running as root.
 
-    ``writable`` is a folder the process must still write to afterwards (capture files): it is
-    handed to that user first. Returns the name of the user now in effect, or None if nothing
-    changed.
+    ``writable`` is a folder the process must still write to afterwards (capture files). Only
+    a folder this run ``made`` is handed to the user (through a descriptor that follows no
+    symbolic link); an existing one is never chowned, since it could be anything, a link to a
+    system folder included: the user must be able to write there already. Returns the name
+    of the user now in effect, or None if nothing changed.
     """
     if os.geteuid() != 0:
         return None
@@ -398,14 +401,21 @@ def drop_privileges(user: str | None, writable: Path | None = None) -> str | Non
         entry = pwd.getpwnam(name)
     except KeyError:
         raise AppsightError(f"--user: no such user {name!r}") from None
-    if writable is not None:
+    if writable is not None and made:
         try:
-            os.chown(writable, entry.pw_uid, entry.pw_gid)
+            fd = os.open(writable, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+            try:
+                os.fchown(fd, entry.pw_uid, entry.pw_gid)
+            finally:
+                os.close(fd)
         except OSError as exc:
             raise AppsightError(f"{writable}: cannot hand it to {name}: {exc.strerror}") from None
     os.setgroups([])
     os.setgid(entry.pw_gid)
     os.setuid(entry.pw_uid)
+    if writable is not None and not os.access(writable, os.W_OK | os.X_OK):
+        raise AppsightError(f"{writable}: {name} cannot write there, and an existing folder "
+                            f"is not handed over: give a new folder, or one {name} can write to")
     return name
 
 

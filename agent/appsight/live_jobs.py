@@ -75,7 +75,8 @@ def _report_drops_on_sigusr1(source: InterfaceSource) -> None:
 
 def _open_as(source: InterfaceSource, user: str | None, writer: RotatingPcapWriter | None) -> None:
     """Drop root once the socket is open (the output folder stays writable) and say so."""
-    dropped = drop_privileges(user, writable=writer.folder if writer else None)
+    dropped = drop_privileges(user, writable=writer.folder if writer else None,
+                              made=writer is not None and writer.made_folder)
     if dropped:
         _say(f"running as {dropped}")
 

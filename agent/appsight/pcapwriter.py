@@ -56,8 +56,14 @@ class RotatingPcapWriter:
         self._file = None
         self._file_bytes = 0
         self._opened_at = 0.0
+        #: Whether this writer created the folder (only such a folder is handed to --user).
+        self.made_folder = False
         try:
-            self.folder.mkdir(parents=True, exist_ok=True)
+            self.folder.mkdir(parents=True)
+            self.made_folder = True
+        except FileExistsError:
+            if not self.folder.is_dir():
+                raise CaptureWriteError(f"{folder}: exists and is not a folder") from None
         except OSError as exc:
             raise CaptureWriteError(f"{folder}: cannot create the folder: {exc.strerror}") from None
 
