@@ -16,7 +16,9 @@ import struct
 import subprocess
 import sys
 import zlib
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from appsight.errors import CaptureFormatError
@@ -673,3 +675,48 @@ def test_a_damaged_gzip_capture_keeps_what_was_decompressed(tmp_path: Path, dama
         assert whole - 1 <= got <= whole  # only the record the cut falls in is lost
     else:
         assert got == whole
+
+
+def _one_packet_pcapng(edit: Callable[[Any], None]) -> bytes:
+    """A pcapng with one interface and one UDP packet; ``edit`` adds or breaks blocks."""
+    import capture_builder as cb
+    from scapy.layers.inet import IP as ScapyIP
+    from scapy.layers.inet import UDP as ScapyUDP
+    from scapy.layers.l2 import Ether as ScapyEther
+
+    builder = cb.PcapngBuilder().section()
+    builder.frame = bytes(ScapyEther() / ScapyIP() / ScapyUDP(sport=1, dport=2))
+    edit(builder)
+    return builder.to_bytes()
+
+
+@pytest.mark.parametrize("case, warning", [
+    ("time offset of 10^10 s", "interface time offset of 10000000000 s ignored"),
+    ("12-byte interface block at the end", "interface description block of 12 bytes"),
+    ("option past its block", None),
+])
+def test_broken_pcapng_interfaces_are_warnings_not_crashes(tmp_path: Path, case: str,
+                                                           warning: str | None) -> None:
+    import capture_builder as cb
+
+    def edit(b: Any) -> None:
+        if case.startswith("time offset"):
+            b.enhanced(b.interface(DLT_EN10MB, tsoffset=10**10), 1000, b.frame)
+        elif case.startswith("12-byte"):
+            b.enhanced(b.interface(DLT_EN10MB), 1000, b.frame)
+            b.raw(struct.pack("<II", cb.BLOCK_IDB, 12) + struct.pack("<I", 12))
+        else:  # an if_tsresol option that claims 200 bytes in a 28-byte block
+            option = struct.pack("<HH", 9, 200) + b"\x06\0\0\0"
+            body = struct.pack("<HHI", DLT_EN10MB, 0, 0) + option
+            b.parts.append(cb.pcapng_block(cb.BLOCK_IDB, body))
+            b.interfaces += 1
+            b.enhanced(0, 1000, b.frame)
+
+    path = tmp_path / "broken.pcapng"
+    path.write_bytes(_one_packet_pcapng(edit))
+    records, stats = read_all(path)
+    assert len(records) == 1
+    problems = " ".join(stats.problems)
+    assert (warning in problems) if warning else not problems
+    if case.startswith("time offset"):
+        assert records[0].ts_ns == 1000 * 1000  # microsecond ticks, the offset left out

@@ -29,6 +29,9 @@ import numpy as np
 from .errors import CaptureFormatError
 
 CHUNK_BYTES = 8 << 20
+#: An interface's if_tsoffset beyond this (about 127 years) cannot be a real clock offset, and
+#: in nanoseconds it would overflow the 64-bit timestamps.
+MAX_TS_OFFSET_S = 4_000_000_000
 #: Largest captured length accepted for one record (libpcap's own maximum snapshot length).
 MAX_RECORD = 262_144
 #: Largest pcapng block accepted; anything bigger is taken as corruption.
@@ -375,6 +378,9 @@ class CaptureReader:
                 elif btype == BLOCK_SPB:
                     append(pos * 4 + 2)
                 elif btype == BLOCK_IDB:
+                    if blen < 20:  # header, link type, reserved, snap length, trailer
+                        corrupt = f"interface description block of {blen} bytes"
+                        break
                     section.interfaces.append(self._parse_idb(buf, pos, blen, order))
                 else:
                     self.stats.skipped_blocks += 1
@@ -399,13 +405,17 @@ class CaptureReader:
         opt, stop = pos + 16, pos + blen - 4
         while opt + 4 <= stop:
             code, length = struct.unpack_from(order + "HH", buf, opt)
-            if code == 0:
+            if code == 0 or opt + 4 + length > stop:  # the end, or an option past its block
                 break
             value = buf[opt + 4 : opt + 4 + length]
             if code == 9 and length >= 1:
                 resolution = value[0]
             elif code == 14 and length == 8:
                 offset_s = struct.unpack(order + "q", value)[0]
+                if abs(offset_s) > MAX_TS_OFFSET_S:
+                    self.stats.problems.append(
+                        f"interface time offset of {offset_s} s ignored (more than a century)")
+                    offset_s = 0
             opt += 4 + length + (-length % 4)
         return _Interface(linktype, snaplen, resolution, offset_s)
 
