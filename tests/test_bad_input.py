@@ -100,3 +100,46 @@ def test_an_overlong_address_is_refused_before_any_guess() -> None:
     with pytest.raises(AppsightError, match="cannot read the address"):
         canonical_address("1::" * 1000)
     assert len("ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255") == MAX_ADDRESS_TEXT
+
+
+FULL = Path("/dev/full")  # every write fails with ENOSPC, as on a full disk
+needs_full = pytest.mark.skipif(not FULL.is_char_device(), reason="no /dev/full")
+
+
+@needs_full
+@pytest.mark.parametrize("args", [["flows"], ["flows", "--json"]])
+def test_a_full_disk_on_standard_output_is_one_line(args: list[str]) -> None:
+    with open(FULL, "w") as full:
+        done = subprocess.run([sys.executable, "-m", "appsight", *args, str(SAMPLE)],
+                              stdout=full, stderr=subprocess.PIPE, text=True, timeout=60,
+                              check=False, cwd=REPO)
+    assert_one_line_error(done, "cannot write the output: No space left on device")
+
+
+@needs_full
+def test_a_full_disk_on_an_output_file_is_one_line_and_the_device_stays(tmp_path: Path) -> None:
+    """-o /dev/full is written in place (a device is not a file to replace): the error is
+    one line, and the device node is still there afterwards."""
+    labels = tmp_path / "labels.csv"
+    labels.write_text(HEADER + "sample.pcap,udp,10.77.0.2,47604,10.77.0.1,5000,a\n"
+                      "sample.pcap,tcp,10.77.0.2,38228,10.77.0.1,443,b\n")
+    for args in (["features", SAMPLE, "-o", FULL],
+                 ["train", "--labels", labels, SAMPLE, "-o", FULL, "--trees", "3"]):
+        done = appsight(*args)
+        assert_one_line_error(done, "/dev/full: cannot write")
+        assert FULL.is_char_device()
+
+
+@needs_full
+def test_the_live_agent_outlives_a_full_json_log() -> None:
+    """The gateway's agent on a full /var/log: it says once that logging stopped and goes on
+    reporting every flow (it used to crash, and crash again when restarted)."""
+    with open(SAMPLE, "rb") as stream:
+        done = subprocess.run([sys.executable, "-m", "appsight", "live", "-", "--json",
+                               "--json-log", str(FULL)], stdin=stream, capture_output=True,
+                              text=True, timeout=60, check=False, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("the JSON log stopped (No space left on device)") == 1
+    flows = subprocess.run([sys.executable, "-m", "appsight", "flows", "--json", str(SAMPLE)],
+                           capture_output=True, text=True, timeout=60, check=True, cwd=REPO)
+    assert len(done.stdout.splitlines()) == len(flows.stdout.splitlines()) > 0

@@ -7,6 +7,7 @@ with several captures, a bad one is reported and the others are still processed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
@@ -57,6 +58,14 @@ def main(argv: list[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 0
+    except OSError as exc:
+        # Writing the output failed (a full disk, a quota, an I/O error): one line, not a
+        # traceback. Output already written stays; stdout is not flushed again.
+        where = exc.filename or "the output"
+        print(f"appsight: error: cannot write {where}: {exc.strerror or exc}", file=sys.stderr)
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 2
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -32,6 +33,19 @@ class AtomicFile:
 
     def __init__(self, target: str | Path, binary: bool = False, newline: str | None = "") -> None:
         self.target = Path(target)
+        self.done = False
+        #: A device, pipe or terminal (``/dev/stdout``, ``/dev/null``): written in place, as
+        #: there is no file to keep and a rename would replace the device node itself.
+        self.direct = _is_special(self.target)
+        if self.direct:
+            try:
+                self.handle: IO[Any] = open(  # noqa: SIM115 - closed by commit or abort
+                    self.target, "wb" if binary else "w",
+                    **({} if binary else {"newline": newline, "encoding": "utf-8"}))
+            except OSError as exc:
+                raise UsageError(f"{target}: cannot write: {exc.strerror}") from None
+            self.path = self.target
+            return
         folder = self.target.parent
         try:
             fd, name = tempfile.mkstemp(dir=folder, prefix=f".{self.target.name}.",
@@ -40,9 +54,8 @@ class AtomicFile:
             raise UsageError(f"{target}: cannot write: {exc.strerror}") from None
         self.path = Path(name)
         os.fchmod(fd, 0o666 & ~_umask())  # what open() would have given, not mkstemp's 0600
-        self.handle: IO[Any] = (os.fdopen(fd, "wb") if binary else
-                                os.fdopen(fd, "w", newline=newline, encoding="utf-8"))
-        self.done = False
+        self.handle = (os.fdopen(fd, "wb") if binary else
+                       os.fdopen(fd, "w", newline=newline, encoding="utf-8"))
 
     def commit(self) -> None:
         """Close and put the file in place of the target (a symbolic link there is replaced,
@@ -52,9 +65,10 @@ class AtomicFile:
         self.done = True
         try:
             self.handle.close()
-            os.replace(self.path, self.target)
+            if not self.direct:
+                os.replace(self.path, self.target)
         except OSError as exc:
-            self.path.unlink(missing_ok=True)
+            self._discard()
             raise UsageError(f"{self.target}: cannot write: {exc.strerror}") from None
 
     def abort(self) -> None:
@@ -64,7 +78,12 @@ class AtomicFile:
         self.done = True
         with contextlib.suppress(OSError):  # a full disk: the file goes anyway
             self.handle.close()
-        self.path.unlink(missing_ok=True)
+        self._discard()
+
+    def _discard(self) -> None:
+        """Delete the temporary file; never the target (a device written in place)."""
+        if not self.direct and self.path != self.target:
+            self.path.unlink(missing_ok=True)
 
     def __enter__(self) -> AtomicFile:
         return self
@@ -74,6 +93,14 @@ class AtomicFile:
             self.commit()
         else:
             self.abort()
+
+
+def _is_special(path: Path) -> bool:
+    """Whether ``path`` (followed through links) exists and is not a regular file."""
+    try:
+        return not stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
 
 
 def _same_file(a: Path, b: Path) -> bool:

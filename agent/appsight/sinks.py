@@ -5,10 +5,11 @@ complete, also into a pipe."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import IO
 
 from .addresses import NetworkMatcher
@@ -27,7 +28,7 @@ from .verdicts import (
 Sink = Callable[[FlowBlock], None]
 
 
-def flow_reporter(as_json: bool, json_log: IO[str] | None = None) -> Sink:
+def flow_reporter(as_json: bool, json_log: JsonLog | None = None) -> Sink:
     """The sink of ``flows`` (and of ``live`` without a model): no app column."""
     out = sys.stdout
     writer = write_json_lines if as_json else write_report
@@ -36,14 +37,13 @@ def flow_reporter(as_json: bool, json_log: IO[str] | None = None) -> Sink:
         writer(block, out)
         out.flush()
         if json_log is not None:
-            write_json_lines(block, json_log)
-            json_log.flush()
+            json_log.write(block)
 
     return handle
 
 
 def classifying_reporter(
-    model: AppModel, threshold: float, as_json: bool, json_log: IO[str] | None = None,
+    model: AppModel, threshold: float, as_json: bool, json_log: JsonLog | None = None,
     recent: RecentFlows | None = None, devices: NetworkMatcher | None = None,
     show_flows: bool = True,
 ) -> Sink:
@@ -66,14 +66,42 @@ def classifying_reporter(
             write_verdicts(recent.verdicts(block.capture, now, seen), out, as_json)
         out.flush()
         if json_log is not None:
-            write_json_lines(block, json_log, extra)
-            json_log.flush()
+            json_log.write(block, extra)
 
     return handle
 
 
-def open_json_log(path: str) -> IO[str]:
-    """The --json-log file, appended to, one line per flow, flushed with every report.
+class JsonLog:
+    """The --json-log file: one line per flow, flushed with every report.
+
+    A log that cannot be written any more (a full /var/log) stops with one warning; the
+    agent goes on classifying and reporting, since a crash-looping agent reports nothing.
+    """
+
+    def __init__(self, handle: IO[str], path: str) -> None:
+        self.handle: IO[str] | None = handle
+        self.path = path
+
+    def write(self, block: FlowBlock, extra: dict[str, Sequence[object]] | None = None) -> None:
+        if self.handle is None:
+            return
+        try:
+            write_json_lines(block, self.handle, extra)
+            self.handle.flush()
+        except OSError as exc:
+            print(f"appsight: warning: {self.path}: the JSON log stopped ({exc.strerror}); "
+                  "classifying goes on", file=sys.stderr, flush=True)
+            self.close()
+
+    def close(self) -> None:
+        handle, self.handle = self.handle, None
+        if handle is not None:
+            with contextlib.suppress(OSError):
+                handle.close()
+
+
+def open_json_log(path: str) -> JsonLog:
+    """The --json-log file, appended to.
 
     The agent may run as root: a symbolic link at ``path`` is refused rather than followed
     (it could point at any file of the system).
@@ -84,7 +112,7 @@ def open_json_log(path: str) -> IO[str]:
     except OSError as exc:
         reason = "is a symbolic link" if exc.errno == errno.ELOOP else exc.strerror
         raise UsageError(f"{path}: cannot write the JSON log: {reason}") from None
-    return os.fdopen(fd, "a", encoding="utf-8")
+    return JsonLog(os.fdopen(fd, "a", encoding="utf-8"), path)
 
 
 class VerdictReporter:

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-from typing import IO
 
 from ..batch import run_captures
 from ..errors import UsageError
 from ..inputs import expand_captures
 from ..model import load_model
 from ..pipeline import PipelineOptions
-from ..sinks import Sink, VerdictReporter, classifying_reporter, flow_reporter
+from ..sinks import JsonLog, Sink, VerdictReporter, classifying_reporter, flow_reporter
 from ..verdicts import RecentFlows
 from .options import add_model_options, add_verdict_options, pipeline_options
 
@@ -34,7 +33,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def reporting_sink(
-    args: argparse.Namespace, json_log: IO[str] | None = None, live: bool = False,
+    args: argparse.Namespace, json_log: JsonLog | None = None, live: bool = False,
 ) -> tuple[PipelineOptions, Sink]:
     """For classify and live: the pipeline settings (the model's unless overridden) and the
     sink that reports each block, with app and confidence when a model is given (and, live,
