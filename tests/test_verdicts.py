@@ -20,6 +20,7 @@ from appsight.cli import main
 from appsight.pipeline import PipelineOptions, iter_flow_blocks
 from appsight.verdicts import (
     ALL_TRAFFIC,
+    DEFAULT_MIN_SHARE,
     CaptureWindows,
     FlowAnswer,
     RecentFlows,
@@ -56,7 +57,7 @@ def test_answered_flows_vote_with_their_confidence() -> None:
     assert (chat.flows, chat.confidence) == (2, pytest.approx(0.8))
     assert maps.share == pytest.approx(0.5 / 5)
     assert (verdict.flows, verdict.answered, verdict.top) == (5, 4, "chat")
-    # The default 20 %: maps's tenth of the traffic is not enough.
+    # The default (12 %): maps's tenth of the traffic is not enough.
     assert [a.app for a in combine("c", "d", [answer("chat", 0.9), answer("chat", 0.7),
                                               answer("maps", 0.5), answer(UNKNOWN, 0.1),
                                               answer("mail", 0.1)]).apps] == ["chat"]
@@ -140,7 +141,7 @@ def _expected_windows(rows: list[dict], window: float | None) -> list[tuple[int,
             if row["app"] != UNKNOWN:
                 weight[row["app"]] += row["confidence"]
         total = len(by_window[k])
-        shares = {a: w / total for a, w in weight.items() if w / total >= 0.2}
+        shares = {a: w / total for a, w in weight.items() if w / total >= DEFAULT_MIN_SHARE}
         out.append((len(by_window[k]), sum(r["app"] != UNKNOWN for r in by_window[k]), shares))
     return out
 
