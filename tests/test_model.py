@@ -293,6 +293,8 @@ FORGED_HEADER_EDITS = {
     "feature_set": ("feature_set", "appscanner55", ("appscanner55/v1", "retrain")),
     "feature_set_version": ("feature_set_version", 2, ("appscanner54/v2", "retrain")),
     "class": ("classes", ["udp-app", "wep"], ("does not match its header",)),
+    "device": ("device", "10.0.0.0/8", ("damaged model file (bad device)",)),
+    "device item": ("device", [42], ("damaged model file (bad device)",)),
 }
 
 

@@ -423,3 +423,43 @@ def test_train_on_app_folders(
     assert training["unlabelled_flows"] == 0
     assert training["captures"] == 4
     assert f"{sum(kept.values())} labelled flows in 2 apps" in err
+
+
+# ------------------------------------------------------------------ --device in the model
+def test_the_model_keeps_its_devices_and_refuses_others(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--device decides each flow's direction, so its features: the model file records it,
+    classify uses it when none is given, and a conflicting one is one line and exit 2."""
+    (tmp_path / "labels.csv").write_text(SAMPLE_LABELS)
+    with_device, without = tmp_path / "device.model", tmp_path / "plain.model"
+    for path, extra in ((with_device, ["--device", "10.77.0.2"]), (without, [])):
+        status, _, err = run(capsys, "train", "--labels", tmp_path / "labels.csv", SAMPLE,
+                             "-o", path, "--trees", "5", *extra)
+        assert status == 0, err
+    assert load_model(with_device).metadata["device"] == ["10.77.0.2/32"]
+    assert load_model(without).metadata["device"] == []
+
+    _, implicit, _ = run(capsys, "classify", "--json", "-m", with_device, SAMPLE)
+    _, explicit, _ = run(capsys, "classify", "--json", "-m", with_device,
+                         "--device", "10.77.0.2/32", SAMPLE)
+    assert implicit == explicit and implicit
+    for model, device, message in (
+        (with_device, "10.77.0.0/24", "the model was trained with --device 10.77.0.2/32"),
+        (without, "10.77.0.2", "the model was trained without --device"),
+    ):
+        status, _, err = run(capsys, "classify", "-m", model, "--device", device, SAMPLE)
+        assert status == 2 and message in err, err
+
+
+def test_a_model_from_before_devices_were_stored_takes_any(
+        sample_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import appsight.model as model_module
+
+    old = load_model(sample_model)
+    old.metadata.pop("device", None)
+    path = tmp_path / "old.model"
+    old.save(path)
+    assert "device" not in model_module.read_header(path)[0]
+    status, out, err = run(capsys, "classify", "--json", "-m", path, "--device", "10.77.0.2",
+                           SAMPLE)
+    assert status == 0 and out, err

@@ -51,11 +51,14 @@ class NetworkMatcher:
     """Tests address pairs for membership in a set of networks (``--device``)."""
 
     networks: tuple[tuple[int, int, int, int], ...]  # (net_hi, net_lo, mask_hi, mask_lo)
+    #: The networks as text (``192.168.56.0/24``), in the order given: what a model stores.
+    specs: tuple[str, ...] = ()
 
     @classmethod
     def parse(cls, specs: list[str]) -> NetworkMatcher:
         """Build from addresses or CIDR blocks such as ``10.0.2.15`` or ``192.168.56.0/24``."""
         networks = []
+        texts: list[str] = []
         for spec in specs:
             for part in filter(None, (p.strip() for p in spec.split(","))):
                 try:
@@ -69,9 +72,10 @@ class NetworkMatcher:
                 base = int(net.network_address) | (_V4_MAPPED_PREFIX if net.version == 4 else 0)
                 base &= mask
                 networks.append((base >> 64, base & _MASK64, mask >> 64, mask & _MASK64))
+                texts.append(str(net))
         if not networks:
             raise UsageError("--device needs at least one address or network")
-        return cls(tuple(networks))
+        return cls(tuple(networks), tuple(texts))
 
     def contains(self, hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
         """Boolean array: is each address inside one of the networks?"""

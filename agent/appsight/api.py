@@ -42,8 +42,10 @@ def pipeline_options(burst_gap: str | float | None = None,
     """The pipeline settings of a run: those given, else the model's, else the defaults.
 
     ``burst_gap`` is seconds or the command line's text (``"none"``: one burst per capture);
-    ``None`` means not given. A model keeps the burst gap and decapsulation it was trained
-    with; ``device`` is one address or network, or several.
+    ``None`` means not given. A model keeps the burst gap, decapsulation and devices it was
+    trained with; ``device`` is one address or network, or several. The devices decide which
+    direction of a flow is "forward", so its features: a model is used with its own, and a
+    conflicting ``device`` is refused (models from before devices were stored take any).
     """
     if burst_gap is not None:
         gap = parse_burst_gap(str(burst_gap))
@@ -54,11 +56,19 @@ def pipeline_options(burst_gap: str | float | None = None,
     if model is not None:
         decapsulate = decapsulate and model.metadata.get("decapsulate", True)
     devices = [device] if isinstance(device, str) else list(device or [])
-    return PipelineOptions(
-        burst_gap=gap,
-        device=NetworkMatcher.parse(devices) if devices else None,
-        decapsulate=decapsulate,
-    )
+    matcher = NetworkMatcher.parse(devices) if devices else None
+    trained = None if model is None else model.metadata.get("device")
+    if isinstance(trained, list):
+        if matcher is None and trained:
+            matcher = NetworkMatcher.parse([str(d) for d in trained])
+        elif matcher is not None and sorted(matcher.specs) != sorted(map(str, trained)):
+            fix = (f"was trained with --device {' '.join(map(str, trained))}: give the same, "
+                   "or none to use the model's" if trained else
+                   "was trained without --device: leave it out, or retrain with it")
+            raise UsageError(
+                f"--device {' '.join(matcher.specs)}: the model {fix} (the devices decide each "
+                "flow's direction, so its features)")
+    return PipelineOptions(burst_gap=gap, device=matcher, decapsulate=decapsulate)
 
 
 class Flows:

@@ -218,6 +218,9 @@ def _check_header_values(path: str | Path, header: dict[str, Any]) -> None:
         problems.append("feature_columns")
     if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
         problems.append("classes")
+    device = header.get("device", [])
+    if not isinstance(device, list) or not all(isinstance(d, str) for d in device):
+        problems.append("device")
     if problems:
         raise ModelError(f"{path}: damaged model file (bad {', '.join(problems)})")
 

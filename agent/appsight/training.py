@@ -174,4 +174,5 @@ def train_model(
         "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     return AppModel(estimator, dataset.feature_set, options.burst_gap,
-                    {"training": summary, "decapsulate": options.decapsulate})
+                    {"training": summary, "decapsulate": options.decapsulate,
+                     "device": list(options.device.specs) if options.device else []})
