@@ -43,7 +43,8 @@ def add_pipeline_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--device", action="append", metavar="ADDRESS_OR_CIDR",
         help="the phone's address or network: a flow's forward direction is then 'sent by the "
-        "device' (repeatable); by default it is the direction of the flow's first packet",
+        "device' (repeatable); by default it is the direction of the flow's first packet. "
+        "A model keeps the devices it was trained with and refuses others",
     )
     parser.add_argument(
         "--no-decap", action="store_true",
