@@ -133,18 +133,13 @@ class AppModel:
         header["sha256"] = header_digest(header, payload)
         data = MAGIC + _canonical(header) + b"\n" + payload
         try:
-            output = AtomicFile(path, binary=True)
-        except UsageError:
-            raise ModelError(f"{path}: cannot write the model") from None
-        try:
-            output.handle.write(data)
+            with AtomicFile(path, binary=True) as output:  # renamed into place on success
+                output.handle.write(data)
         except OSError as exc:
-            output.abort()
             raise ModelError(f"{path}: cannot write the model: {exc.strerror}") from None
-        try:
-            output.commit()
-        except UsageError:
-            raise ModelError(f"{path}: cannot write the model") from None
+        except UsageError as exc:  # AtomicFile's own: the folder, or the rename
+            reason = str(exc).rsplit(": ", 1)[-1]
+            raise ModelError(f"{path}: cannot write the model: {reason}") from None
         return len(data)
 
 
