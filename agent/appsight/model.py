@@ -10,9 +10,12 @@ The agent runs as root on a gateway, so loading a model must not run code. A mod
 On load the header is parsed (bounded in size) and its values checked; the length and the
 SHA-256 (over the header's other fields and the payload) are checked, so truncation or a
 changed byte anywhere is refused; the payload's types are checked against an explicit list of
-trusted types before skops builds anything; and the metadata must name a feature set this
-version knows. The SHA-256 detects damage, not forgery: a deployment that must trust a model
-pins the whole file's hash (``load_model(..., expect_sha256=...)``). Every failure is an
+trusted types, and its zip directory against bounds on size and entries (a zip bomb), before
+skops builds anything; the loaded trees are checked the way predict walks them (indices in
+range, one tree, no cycle: :mod:`appsight.model_checks`); and the metadata must name a
+feature set this version knows. The SHA-256 detects damage, not forgery: a deployment that
+must trust a model pins the whole file's hash, one (``expect_sha256``) or an operator's list
+(``--trusted-models``, :mod:`appsight.model_trust`). Every failure is an
 :class:`AppsightError`: one line, exit status 2. skops stores plain arrays, so a model
 trained on one 64-bit machine loads on any other with a compatible scikit-learn.
 """
@@ -32,6 +35,8 @@ import numpy as np
 from .bursts import MAX_BURST_GAP
 from .errors import AppsightError, UsageError
 from .features import FEATURE_SETS, FeatureSet
+from .model_checks import PayloadError, check_archive, check_forest
+from .model_trust import TrustedModels
 from .outputs import AtomicFile
 from .version import __version__
 
@@ -157,14 +162,20 @@ def library_versions() -> dict[str, str]:
     }
 
 
-def read_header(path: str | Path) -> tuple[dict[str, Any], bytes]:
-    """The checked header and payload of a model file (no skops involved yet)."""
+def _read_file(path: str | Path) -> bytes:
     try:
-        data = Path(path).read_bytes()
+        return Path(path).read_bytes()
     except FileNotFoundError:
         raise ModelError(f"{path}: no such model file") from None
     except OSError as exc:
         raise ModelError(f"{path}: cannot read the model: {exc.strerror}") from None
+
+
+def read_header(path: str | Path, data: bytes | None = None) -> tuple[dict[str, Any], bytes]:
+    """The checked header and payload of a model file (no skops involved yet); ``data``:
+    the file's bytes, when they have been read already."""
+    if data is None:
+        data = _read_file(path)
     if not data.startswith(MAGIC):
         raise ModelError(f"{path}: not an appsight model file")
     end = data.find(b"\n", len(MAGIC), len(MAGIC) + MAX_HEADER)
@@ -220,13 +231,18 @@ def _check_header_values(path: str | Path, header: dict[str, Any]) -> None:
         raise ModelError(f"{path}: damaged model file (bad {', '.join(problems)})")
 
 
-def load_model(path: str | Path, expect_sha256: str | None = None) -> AppModel:
-    """Load and verify a model file; ``expect_sha256`` pins the whole file's hash."""
-    header, payload = read_header(path)
-    if expect_sha256 is not None:
-        actual = file_sha256(path)
-        if actual != expect_sha256.lower():
-            raise ModelError(f"{path}: SHA-256 is {actual}, not the expected {expect_sha256}")
+def load_model(path: str | Path, expect_sha256: str | None = None,
+               trusted: TrustedModels | None = None) -> AppModel:
+    """Load and verify a model file; ``expect_sha256`` pins the whole file's hash, and
+    ``trusted`` (an operator's allow-list) names the hashes that may be loaded. The file is
+    read once: what is hashed is what is loaded."""
+    data = _read_file(path)
+    actual = hashlib.sha256(data).hexdigest()
+    if expect_sha256 is not None and actual != expect_sha256.lower():
+        raise ModelError(f"{path}: SHA-256 is {actual}, not the expected {expect_sha256}")
+    if trusted is not None:
+        trusted.check(path, actual)
+    header, payload = read_header(path, data)
     import skops.io as sio  # only now: its import costs a second or two
     name, version = header.get("feature_set"), header.get("feature_set_version")
     feature_set = FEATURE_SETS.get(str(name))
@@ -237,6 +253,10 @@ def load_model(path: str | Path, expect_sha256: str | None = None) -> AppModel:
         )
     if list(header.get("feature_columns", [])) != list(feature_set.columns):
         raise ModelError(f"{path}: feature columns differ from {feature_set.tag}; retrain")
+    try:
+        check_archive(payload)
+    except PayloadError as exc:
+        raise ModelError(f"{path}: {exc}") from None
     try:
         untrusted = sio.get_untrusted_types(data=payload)
     except Exception as exc:  # skops raises many types on a malformed archive
@@ -259,20 +279,27 @@ def load_model(path: str | Path, expect_sha256: str | None = None) -> AppModel:
         if not isinstance(stored, dict) or set(stored) != {"forest", "checker"}:
             raise ModelError(f"{path}: model payload does not match its header")
         forest, checker = stored["forest"], stored["checker"]
-        if not isinstance(checker, RandomForestClassifier) or np.asarray(
-            checker.classes_
-        ).dtype != np.bool_ or getattr(checker, "n_features_in_", None) != len(
-            feature_set.columns
-        ):
+        outcomes = np.asarray(getattr(checker, "classes_", []))
+        if not isinstance(checker, RandomForestClassifier) or outcomes.dtype != np.bool_ or (
+            getattr(checker, "n_features_in_", None) != len(feature_set.columns)
+        ) or len(outcomes) not in (1, 2):
             raise ModelError(f"{path}: the ambiguity checker does not match the model")
     else:
         forest = stored
     if not isinstance(forest, RandomForestClassifier) or [
-        str(c) for c in forest.classes_
+        str(c) for c in getattr(forest, "classes_", [])
     ] != list(header.get("classes", [])):
         raise ModelError(f"{path}: model payload does not match its header")
     if getattr(forest, "n_features_in_", None) != len(feature_set.columns):
-        raise ModelError(f"{path}: forest expects {forest.n_features_in_} features")
+        width = getattr(forest, "n_features_in_", "an unknown number of")
+        raise ModelError(f"{path}: forest expects {width} features")
+    try:
+        check_forest(forest, len(feature_set.columns), len(forest.classes_))
+        if checker is not None:
+            check_forest(checker, len(feature_set.columns), len(checker.classes_),
+                         role="ambiguity checker")
+    except PayloadError as exc:
+        raise ModelError(f"{path}: {exc}; refusing it") from None
     meta = {k: v for k, v in header.items() if k not in RESERVED_FIELDS or k == "versions"}
     from .classifier import AppClassifier
 
