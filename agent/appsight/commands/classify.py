@@ -7,11 +7,10 @@ import argparse
 from ..batch import run_captures
 from ..errors import UsageError
 from ..inputs import expand_captures
-from ..model import load_model
 from ..pipeline import PipelineOptions
 from ..sinks import JsonLog, Sink, VerdictReporter, classifying_reporter, flow_reporter
 from ..verdicts import RecentFlows
-from .options import add_model_options, add_verdict_options, pipeline_options
+from .options import add_model_options, add_verdict_options, open_model, pipeline_options
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -40,11 +39,12 @@ def reporting_sink(
     each device's current apps: with --sessions, or under the text report with --device)."""
     if not args.model:
         for given, flag in ((args.threshold is not None, "--threshold"),
-                            (args.sessions, "--sessions")):
+                            (args.sessions, "--sessions"),
+                            (args.trusted_models is not None, "--trusted-models")):
             if given:
                 raise UsageError(f"{flag} needs a model: give one with -m")
         return pipeline_options(args), flow_reporter(args.json, json_log)
-    model = load_model(args.model)
+    model = open_model(args)
     threshold = model.threshold if args.threshold is None else args.threshold
     options = pipeline_options(args, model)
     recent = None
@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError("--window cuts the windows of --sessions: give --sessions too")
         options, handle = reporting_sink(args)
         return run_captures(expand_captures(args.captures), options, handle)
-    model = load_model(args.model)
+    model = open_model(args)
     options = pipeline_options(args, model)
     threshold = model.threshold if args.threshold is None else args.threshold
     reporter = VerdictReporter(model, threshold, args.json, options.device, args.window,

@@ -16,7 +16,8 @@ from ..bursts import DEFAULT_BURST_GAP
 from ..features import DEFAULT_FEATURE_SET, FEATURE_SETS
 from ..limits import DEFAULT_MAX_FLOWS, DEFAULT_MAX_PACKETS
 from ..live_jobs import LiveSettings
-from ..model import AppModel
+from ..model import AppModel, load_model
+from ..model_trust import read_trusted_models
 from ..pipeline import PipelineOptions
 from ..verdicts import DEFAULT_MIN_SHARE
 
@@ -163,6 +164,18 @@ def add_model_options(parser: argparse.ArgumentParser, model_required: bool = Tr
     parser.add_argument("--json", action="store_true", help=json_help)
     parser.add_argument("--threshold", type=probability, metavar="P",
                         help="override the model's confidence threshold")
+    parser.add_argument(
+        "--trusted-models", metavar="FILE",
+        help="load the model only if its SHA-256 is listed in FILE (sha256sum's format, not "
+        "writable by group or others): on a gateway, what may run as root is what the "
+        "operator listed, not whatever is in the model's place",
+    )
+
+
+def open_model(args: argparse.Namespace) -> AppModel:
+    """The model of ``-m``, checked against ``--trusted-models`` when given."""
+    trusted = read_trusted_models(args.trusted_models) if args.trusted_models else None
+    return load_model(args.model, trusted=trusted)
 
 
 def add_live_limits(parser: argparse.ArgumentParser) -> None:
