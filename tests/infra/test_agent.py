@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import pytest
 import testinfra
 from labctl.config import LabConfig
 
@@ -61,3 +62,18 @@ def test_live_agent_classifies_with_the_deployed_model(
         assert all(f"-m {model}" in line for line in live), live
     else:
         assert not any(" -m " in line for line in live), live
+
+
+def test_live_agent_loads_only_the_model_ansible_listed(
+        gateway: testinfra.host.Host, lab_yml: dict) -> None:
+    """Where Ansible deployed a model, it listed its SHA-256 (root's, not writable by others)
+    and appsight live runs with --trusted-models, so a model put in its place is refused."""
+    model, trusted = lab_yml["agent"]["model_path"], lab_yml["agent"]["trusted_models_path"]
+    listing = gateway.file(trusted)
+    if not gateway.file(model).exists:
+        pytest.skip("no model deployed yet (lab/run-lab-tests runs this again after the demo)")
+    assert listing.exists and listing.user == "root" and listing.mode & 0o022 == 0
+    digest = gateway.check_output(f"sha256sum {model}").split()[0]
+    assert listing.content_string.split()[0] == digest
+    live = _live_processes(gateway)
+    assert live and all(f"--trusted-models {trusted}" in line for line in live), live
