@@ -639,6 +639,44 @@ def test_sigterm_ends_the_run_under_overload(veth: VethPair, tmp_path: Path,
         sender.join()
     assert agent.finish() == 0, agent.stderr
     assert ended, f"still running {HANG_BOUND:.0f} s after SIGTERM while frames kept arriving"
+    counts, wrote = kernel_line_counts(agent.err[-1]), WROTE.search(agent.stderr)
+    assert counts is not None, agent.stderr
+    if command == "capture":  # the counters are the stop's: each packet written or counted
+        unread = re.search(r"(\d+) queued before the stop", agent.err[-1])
+        assert wrote is not None, agent.stderr
+        assert int(wrote.group(1)) + counts[1] + (int(unread.group(1)) if unread else 0) == \
+            counts[0], agent.stderr
+
+
+QUEUED_AT_STOP = 120_000  # frames queued while the agent is paused: over 1 s of its reading
+
+
+def test_sigterm_writes_every_packet_queued_before_it(veth: VethPair, tmp_path: Path) -> None:
+    """A stop writes what the kernel had queued, however long reading it takes (within
+    live.DRAIN_SECONDS), and accounts for every packet. The agent is paused (SIGSTOP) while
+    the frames arrive, so all of them wait in its socket when SIGTERM comes; before, a 0.5 s
+    drain wrote part of them and the kernel line still said "0 dropped"."""
+    agent = Agent.start(veth, "capture", veth.rx_if, "-o", tmp_path)
+    frames = ip_frames(QUEUED_AT_STOP, 60)
+    agent.proc.send_signal(signal.SIGSTOP)
+    try:
+        with veth.sender() as sender:
+            sent, _ = sender.send_rate(frames, len(frames), None)
+        agent.signal(signal.SIGTERM)
+    finally:
+        agent.proc.send_signal(signal.SIGCONT)
+    assert agent.finish(timeout=HANG_BOUND) == 0, agent.stderr
+    counts = kernel_line_counts(agent.err[-1])
+    assert counts is not None, agent.stderr
+    received, dropped = counts
+    assert received == sent == QUEUED_AT_STOP
+    assert "not read within" not in agent.stderr
+    got, _ = frames_of(pcap_files(tmp_path))
+    wrote = WROTE.search(agent.stderr)
+    assert wrote and int(wrote.group(1)) == len(got)
+    assert len(got) + dropped == received  # every packet written or counted
+    assert dropped == 0, "the socket's 64 MB buffer should hold them all"
+    assert got == frames
 
 
 # ------------------------------------------------------------------ privileges, errors

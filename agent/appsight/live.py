@@ -46,7 +46,9 @@ from .reader import RecordBatch, read_records
 CLOCK_TICK = 0.1  # seconds between burst-clock checks: a burst is reported within 0.1 s
 BATCH_SECONDS = 0.05  # an interface source hands on what it has at least this often
 BATCH_PACKETS = 4096
-DRAIN_SECONDS = 0.5  # after a stop, how long to keep reading what the kernel had queued
+#: After a stop, the packets the kernel had queued by then are read and handed on, for at most
+#: this long: at the scapy path's 100 k packets/s, far more than a 64 MB socket buffer holds.
+DRAIN_SECONDS = 10.0
 INBOX_BYTES = 64 << 20  # record data waiting for the main loop, at most (see _Inbox)
 INBOX_ITEMS = 256
 #: A stream is read in chunks of at most this much (offline: 8 MB). The open burst's caps are
@@ -70,9 +72,15 @@ class DropCounters:
 
     received: int = 0
     dropped: int = 0
+    #: Queued by the kernel before the stop, but not read within DRAIN_SECONDS of it.
+    unread: int = 0
 
     def line(self) -> str:
-        return f"kernel: {self.received} packets received by the socket, {self.dropped} dropped"
+        text = f"kernel: {self.received} packets received by the socket, {self.dropped} dropped"
+        if self.unread:
+            text += (f", {self.unread} queued before the stop but not read within "
+                     f"{DRAIN_SECONDS:g} s of it")
+        return text
 
 
 _END = object()
@@ -136,6 +144,8 @@ class InterfaceSource:
         self.name = iface
         self.snaplen = snaplen
         self.drops = DropCounters()
+        self.taken = 0  # packets taken off the socket (the kernel's received, less its drops)
+        self._stopped = False  # after a stop the counters stay as they were at the stop
         try:
             self.socket = L2ListenSocket(iface=iface, filter=bpf, promisc=True)
         except PermissionError:
@@ -155,7 +165,10 @@ class InterfaceSource:
         self.linktype = DLT_RAW if hatype in RAW_IP_HATYPES else DLT_EN10MB
 
     def read_drops(self) -> DropCounters:
-        """Add the kernel's counters since the last call (reading resets them)."""
+        """Add the kernel's counters since the last call (reading resets them); after a stop,
+        the counters as they were at the stop (what arrives later is not this run's)."""
+        if self._stopped:
+            return self.drops
         try:
             raw = self.socket.ins.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8)
         except OSError:
@@ -168,9 +181,10 @@ class InterfaceSource:
     def frames(self, stop: threading.Event) -> Iterator[list[tuple[int, int, bytes]]]:
         """Lists of (timestamp ns, length, frame), at least every BATCH_SECONDS while busy.
 
-        When ``stop`` is set, what the kernel has already queued on the socket is read and
-        handed on before the generator ends (for at most DRAIN_SECONDS, so that a stop also
-        ends a run while packets keep arriving faster than they are read).
+        When ``stop`` is set, the packets the kernel had queued by then (its counters say how
+        many) are read and handed on before the generator ends; packets that arrive after the
+        stop are not, so a stop ends a run even while packets keep arriving faster than they
+        are read. What DRAIN_SECONDS did not leave time for is counted (``drops.unread``).
         """
         fd = self.socket.ins.fileno()
         while not stop.is_set():
@@ -179,22 +193,34 @@ class InterfaceSource:
                 yield []
                 continue
             yield self._read_ready(fd, time.monotonic() + BATCH_SECONDS)
+        drops = self.read_drops()
+        self._stopped = True
+        queued = max(drops.received - drops.dropped - self.taken, 0)
         give_up = time.monotonic() + DRAIN_SECONDS
-        while time.monotonic() < give_up:  # stopped: drain the socket
-            rest = self._read_ready(fd, give_up)
-            if not rest:
-                return
-            yield rest
+        while queued and time.monotonic() < give_up:  # stopped: drain what was queued
+            taken = self.taken
+            rest = self._read_ready(fd, give_up, limit=queued)
+            queued -= self.taken - taken
+            if self.taken == taken:  # nothing left after all
+                queued = 0
+            if rest:
+                yield rest
+        drops.unread = queued
 
-    def _read_ready(self, fd: int, deadline: float | None) -> list[tuple[int, int, bytes]]:
-        """Frames already waiting on the socket (until ``deadline`` or BATCH_PACKETS)."""
+    def _read_ready(self, fd: int, deadline: float | None,
+                    limit: int = BATCH_PACKETS) -> list[tuple[int, int, bytes]]:
+        """Frames already waiting on the socket (until ``deadline``, or ``limit`` packets
+        taken, at most BATCH_PACKETS)."""
         recv = self.socket.recv_raw
         batch: list[tuple[int, int, bytes]] = []
-        while len(batch) < BATCH_PACKETS and select.select([fd], [], [], 0)[0]:
+        limit = min(limit, BATCH_PACKETS)
+        start = self.taken
+        while self.taken - start < limit and select.select([fd], [], [], 0)[0]:
             try:
                 _, frame, ts = recv(self.snaplen)
             except OSError as exc:
                 raise LiveSourceError(f"{self.name}: capture failed: {exc.strerror}") from None
+            self.taken += 1
             if frame is not None:
                 stamp = round(ts * 1e9) if ts is not None else time.time_ns()
                 batch.append((stamp, len(frame), frame))
