@@ -75,6 +75,9 @@ def test_features_that_read_nothing_leave_the_old_table(tmp_path: Path) -> None:
     done = appsight("features", not_a_capture, "-o", table)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert table.read_text() == "yesterday's table\n" and leftovers(tmp_path) == []
+    assert "wrote" not in done.stderr  # it says what happened: nothing written, file kept
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"appsight: nothing written: no capture could be read ({table} is as it was)")
     done = appsight("features", SAMPLE, "-o", table)
     assert done.returncode == 0, done.stderr
     assert table.read_text().startswith("capture,burst,")

@@ -76,8 +76,13 @@ def run(args: argparse.Namespace) -> int:
         status = 130
     finally:
         # Keep what was written unless every capture failed: then the old file stays.
-        table.close(keep=interrupted or status == 0 or table.rows > 0)
+        kept = interrupted or status == 0 or table.rows > 0
+        table.close(keep=kept)
     where = "standard output" if args.output == "-" else args.output
+    if not kept:
+        print(f"appsight: nothing written: no capture could be read ({where} is as it was)",
+              file=sys.stderr)
+        return status
     state = "interrupted: " if interrupted else ""
     print(
         f"appsight: {state}wrote {table.rows} flows x {len(feature_set.columns)} "
