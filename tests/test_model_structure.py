@@ -261,6 +261,19 @@ def test_zip_bomb_is_refused_before_anything_unpacks(model: AppModel, tmp_path: 
     classify_refuses(path, "zip bomb")
 
 
+def test_zip_of_an_unknown_version_is_a_damaged_payload(model: AppModel, tmp_path: Path) -> None:
+    """Found by benchmarks/fuzz.py: a central directory asking for zip version 25.5 raised
+    NotImplementedError from zipfile (a traceback) instead of a refusal."""
+    header, payload = split_file(saved(model, tmp_path / "good.model").read_bytes())
+    crafted = bytearray(payload)
+    directory = crafted.index(b"PK\x01\x02")
+    crafted[directory + 6] = 255  # version needed to extract
+    path = tmp_path / "version.model"
+    path.write_bytes(assemble(header, bytes(crafted)))
+    refused(path, "damaged model payload", "NotImplementedError")
+    classify_refuses(path, "damaged model payload")
+
+
 def test_unpacked_size_and_entry_count_are_bounded(
     model: AppModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -48,8 +48,8 @@ def check_archive(payload: bytes) -> None:
     try:
         with zipfile.ZipFile(io.BytesIO(payload)) as archive:
             entries = archive.infolist()
-    except (zipfile.BadZipFile, ValueError, OSError) as exc:
-        raise PayloadError(f"damaged model payload ({exc})") from None
+    except Exception as exc:  # zipfile raises many types on a crafted directory
+        raise PayloadError(f"damaged model payload ({type(exc).__name__}: {exc})") from None
     if len(entries) > MAX_ENTRIES:
         raise PayloadError(f"model payload has {len(entries)} entries (at most {MAX_ENTRIES})")
     unpacked = sum(entry.file_size for entry in entries)
