@@ -205,7 +205,7 @@ def unseen_apps(variant: Variant, train_sessions: set[str], trees: int,
     train, test = is_train_time & ~is_unseen, ~is_train_time
     classes = sorted(set(labels[train].tolist()))
     proba, chosen, _ = fit_predict(data.features[train], labels[train], data.features[test],
-                                   classes, trees, seed=seed)
+                                   classes, trees, seed=seed, train_groups=data.captures[train])
     test_data = subset(data, test)
     unseen_flow = is_unseen[test]
     truth = labels[test]

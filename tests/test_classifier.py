@@ -54,6 +54,47 @@ def test_predict_answers_unknown_below_the_threshold() -> None:
     assert all((a == UNKNOWN) == (c < 0.95) for a, c in zip(apps, confidence, strict=True))
 
 
+def capture_clouds(seed: int, per_app: int = 8, flows: int = 30) -> tuple[np.ndarray, ...]:
+    """Three apps whose captures each sit at their own spot near the app's centre, flows
+    tight around it: a flow's twins in its own capture give it away, other captures of the
+    app do not (as one session's flows resemble each other more than the app's other
+    sessions do)."""
+    rng = np.random.default_rng(seed)
+    centres = {"mail": (0.0, 0.0), "maps": (2.0, 0.0), "chat": (1.0, 1.7)}
+    rows, labels, groups = [], [], []
+    for app, centre in centres.items():
+        for k in range(per_app):
+            spot = np.array(centre) + rng.normal(0, 1.0, 2)
+            rows.append(spot + rng.normal(0, 0.05, (flows, 2)))
+            labels += [app] * flows
+            groups += [f"{app}-{seed}-{k}.pcap"] * flows
+    return np.vstack(rows), np.array(labels, dtype=object), np.array(groups, dtype=object)
+
+
+def right_minus_wrong(proba: np.ndarray, classes: np.ndarray, truth: np.ndarray,
+                      threshold: float) -> int:
+    answered = proba.max(axis=1) >= threshold
+    right = classes[proba.argmax(axis=1)] == truth
+    return int(np.sum(right & answered) - np.sum(~right & answered))
+
+
+def test_threshold_held_out_by_capture_rejects_where_out_of_bag_votes_do_not() -> None:
+    """Out-of-bag votes see each flow's twins from its own capture and choose 0 (never
+    unknown); held out by capture, the threshold is the one new captures need: on captures
+    of another day it scores more right-minus-wrong answers than the out-of-bag one."""
+    x, y, groups = capture_clouds(1)
+    new_x, new_y, _ = capture_clouds(2)
+    by_votes = AppClassifier(trees=50, seed=0).fit(x, y)
+    held_out = AppClassifier(trees=50, seed=0).fit(x, y, groups)
+    assert held_out.threshold_chosen_by_ == "cross-validation by capture"
+    assert by_votes.threshold_ == 0.0 < held_out.threshold_
+    proba = held_out.predict_proba(new_x)  # the same forest: only the threshold differs
+    classes = held_out.classes_
+    assert right_minus_wrong(proba, classes, new_y, held_out.threshold_) > \
+        right_minus_wrong(proba, classes, new_y, by_votes.threshold_)
+    assert held_out.predict(new_x).tolist().count(UNKNOWN) > 0
+
+
 def test_threshold_is_chosen_from_out_of_bag_votes_when_not_given() -> None:
     x, y, _ = blobs()
     fitted = AppClassifier(trees=30, seed=0).fit(x, y)
@@ -72,7 +113,8 @@ def test_train_and_evaluate_choose_the_same_threshold() -> None:
     dataset = Dataset(wide, y, groups, feature_set)
     for trees in (3, 5, 40):
         model = train_model(dataset, PipelineOptions(), trees=trees, seed=2)
-        _, chosen, _ = fit_predict(wide, y, wide[:0], sorted(set(y.tolist())), trees, seed=2)
+        _, chosen, _ = fit_predict(wide, y, wide[:0], sorted(set(y.tolist())), trees, seed=2,
+                                   train_groups=groups)
         assert chosen == model.threshold, trees
 
 

@@ -89,6 +89,40 @@ def oob_threshold(forest: Any, labels: np.ndarray) -> float:
     return choose_threshold(oob[voted], truth[voted]) if voted.any() else 0.5
 
 
+def held_out_proba(features: np.ndarray, labels: np.ndarray, groups: np.ndarray,
+                   max_leaves: int | None = DEFAULT_MAX_LEAVES, seed: int = 0,
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """(probabilities, their classes, sorted) of every training row from a forest that never
+    saw its capture group: CHECKER_FOLDS folds grouped by capture, CHECKER_INNER_TREES trees.
+
+    What a deployed model meets is new captures. Out-of-bag votes come from trees that saw
+    the row's own capture (other flows of the same session, a day's repeats), so they are
+    sure of themselves where the model on new captures is not; rows held out by capture
+    are not. An app whose every group lands on the held-out side gets probability 0 there.
+    """
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    y = labels.astype(str)
+    classes = np.array(sorted(set(y.tolist())))
+    proba = np.zeros((len(y), len(classes)))
+    splitter = StratifiedGroupKFold(n_splits=CHECKER_FOLDS, shuffle=True, random_state=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "least populated class" with rare apps
+        for inner_train, inner_test in splitter.split(features, y, groups.astype(str)):
+            forest = make_forest(CHECKER_INNER_TREES, max_leaves, seed=seed)
+            forest.fit(features[inner_train], y[inner_train])
+            columns = np.searchsorted(classes, forest.classes_.astype(str))
+            proba[np.ix_(inner_test, columns)] = forest.predict_proba(features[inner_test])
+    return proba, classes
+
+
+def grouped_threshold(features: np.ndarray, labels: np.ndarray, groups: np.ndarray,
+                      max_leaves: int | None = DEFAULT_MAX_LEAVES, seed: int = 0) -> float:
+    """:func:`choose_threshold` over :func:`held_out_proba`: the threshold ``train`` saves."""
+    proba, classes = held_out_proba(features, labels, groups, max_leaves, seed)
+    return choose_threshold(proba, np.searchsorted(classes, labels.astype(str)))
+
+
 def classes_with_enough_data(labels: np.ndarray, groups: np.ndarray, min_flows: int = 1,
                              min_groups: int = 1) -> list[str]:
     """Apps with at least ``min_flows`` flows from at least ``min_groups`` capture groups.
@@ -132,20 +166,11 @@ def fit_checker(features: np.ndarray, labels: np.ndarray, groups: np.ndarray,
     flows are then labelled by a forest that never saw the app, wrong, which is what a
     deployed model meeting such an app in a new capture would face too.)
     """
-    from sklearn.model_selection import StratifiedGroupKFold
-
     if len(set(groups.tolist())) < CHECKER_FOLDS:
         raise UsageError(f"--ambiguity needs at least {CHECKER_FOLDS} independent captures")
     y = labels.astype(str)
-    right = np.zeros(len(y), dtype=bool)
-    splitter = StratifiedGroupKFold(n_splits=CHECKER_FOLDS, shuffle=True, random_state=seed)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # "least populated class" with rare apps
-        for inner_train, inner_test in splitter.split(features, y, groups.astype(str)):
-            forest = make_forest(CHECKER_INNER_TREES, max_leaves, seed=seed)
-            forest.fit(features[inner_train], y[inner_train])
-            said = forest.classes_[forest.predict_proba(features[inner_test]).argmax(axis=1)]
-            right[inner_test] = said == y[inner_test]
+    proba, classes = held_out_proba(features, y, groups, max_leaves, seed)
+    right = classes[proba.argmax(axis=1)] == y
     checker = make_forest(trees, max_leaves, seed=seed)
     checker.fit(features, right)
     return checker
@@ -178,9 +203,11 @@ def with_confidence(proba: np.ndarray, confidence: np.ndarray) -> np.ndarray:
 class AppClassifier(ClassifierMixin, BaseEstimator):
     """Random forest + reject threshold (+ ambiguity checker): the model of every command.
 
-    Parameters are those of ``appsight train``. ``threshold=None`` chooses it on fit: from
-    out-of-bag votes (:func:`oob_threshold`), or :data:`CHECKER_THRESHOLD` with the ambiguity
-    checker. After fit: ``forest_``, ``checker_`` (None without ambiguity), ``threshold_``,
+    Parameters are those of ``appsight train``. ``threshold=None`` chooses it on fit: on
+    flows of captures held out inside the training data when ``groups`` names at least
+    CHECKER_FOLDS of them (:func:`grouped_threshold`), else from out-of-bag votes
+    (:func:`oob_threshold`); with the ambiguity checker it is :data:`CHECKER_THRESHOLD`.
+    After fit: ``forest_``, ``checker_`` (None without ambiguity), ``threshold_``,
     ``threshold_chosen_by_``, ``classes_`` and ``fit_seconds_``.
     """
 
@@ -210,7 +237,7 @@ class AppClassifier(ClassifierMixin, BaseEstimator):
     def fit(self, X: np.ndarray, y: np.ndarray, groups: np.ndarray | None = None,
             ) -> AppClassifier:
         """Fit the forest, then the checker (on capture ``groups``: default one per row's own
-        group, i.e. every row independent) and the threshold."""
+        group, i.e. every row independent) and the threshold (held out by ``groups``)."""
         check_forest_size(self.trees, self.max_leaves)
         labels = np.asarray(y).astype(str)
         if self.ambiguity:
@@ -218,7 +245,10 @@ class AppClassifier(ClassifierMixin, BaseEstimator):
                                 ).astype(str)
             check_checker_groups(labels, groups)
         started = time.perf_counter()
-        choose_by_oob = self.threshold is None and not self.ambiguity
+        choose = self.threshold is None and not self.ambiguity
+        by_groups = choose and groups is not None and len(set(np.asarray(groups).tolist())
+                                                          ) >= CHECKER_FOLDS
+        choose_by_oob = choose and not by_groups
         forest = make_forest(self.trees, self.max_leaves, self.class_weight, self.seed,
                              self.jobs, oob=choose_by_oob)
         with warnings.catch_warnings():
@@ -231,9 +261,15 @@ class AppClassifier(ClassifierMixin, BaseEstimator):
             checker = fit_checker(X, labels, groups, self.trees, self.max_leaves, self.seed)
             if threshold is None:
                 threshold, chosen_by = CHECKER_THRESHOLD, "ambiguity checker: more likely right"
+        if by_groups:
+            threshold = grouped_threshold(X, labels, np.asarray(groups).astype(str),
+                                          self.max_leaves, self.seed)
+            chosen_by = "cross-validation by capture"
         self.fit_seconds_ = time.perf_counter() - started
         if threshold is None:
             threshold, chosen_by = oob_threshold(forest, labels), "out-of-bag predictions"
+            if groups is not None:
+                chosen_by += f" (fewer than {CHECKER_FOLDS} captures to hold out)"
             del forest.oob_decision_function_  # training-set data has no place in a model file
         self.forest_, self.checker_ = forest, checker
         self.threshold_, self.threshold_chosen_by_ = float(threshold), chosen_by

@@ -11,7 +11,7 @@ Two ways to get honest predictions, then one set of metrics over them:
 
 In both, each training side fits the :class:`~appsight.classifier.AppClassifier` that
 ``appsight train`` saves, so the confidence threshold is chosen as a saved model's is, from
-out-of-bag predictions of the training side only: choosing it on the test
+the training side only (a cross-validation by capture inside it): choosing it on the test
 flows would report a threshold no deployed model could have known.
 
 The metrics are pure functions of ``(y_true, proba, classes, threshold)`` so that they can be
@@ -244,16 +244,18 @@ def fit_predict(
     train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, classes: Sequence[str],
     trees: int = DEFAULT_TREES, max_leaves: int | None = DEFAULT_MAX_LEAVES, seed: int = 0,
     threshold: float | None = None, train_groups: np.ndarray | None = None,
+    ambiguity: bool = False,
 ) -> tuple[np.ndarray, float, float]:
     """(test probabilities over ``classes``, threshold, fit seconds) from the training forest.
 
     The probability columns are widened to ``classes``: an app missing from this training
-    side gets probability 0, so it is never predicted, as a deployed model could not. With
-    ``train_groups`` (the capture group of each training flow), the ambiguity checker is
-    trained too and each row's top value is its probability that the answer is right.
+    side gets probability 0, so it is never predicted, as a deployed model could not.
+    ``train_groups`` (the capture group of each training flow) is what the threshold is
+    chosen on, as ``train`` chooses it; with ``ambiguity`` the checker is trained on them too
+    and each row's top value is its probability that the answer is right.
     """
     estimator = AppClassifier(trees, max_leaves, threshold=threshold, seed=seed,
-                              ambiguity=train_groups is not None)
+                              ambiguity=ambiguity)
     estimator.fit(train_x, train_y, train_groups)
     proba = np.zeros((len(test_x), len(classes)))
     if len(test_x):
@@ -283,7 +285,7 @@ def cross_validate(
             raise UsageError(f"fold {k + 1}: fewer than two apps left to train on")
         proba[test], chosen, seconds = fit_predict(
             dataset.features[train], train_y, dataset.features[test], classes, trees,
-            max_leaves, seed, threshold, groups[train] if ambiguity else None,
+            max_leaves, seed, threshold, groups[train], ambiguity,
         )
         cut[test] = chosen
         unseen = sorted(set(dataset.labels[test].tolist()) - set(train_y.tolist()))
@@ -299,14 +301,16 @@ def cross_validate(
 def train_test(
     train: Dataset, test: Dataset, trees: int = DEFAULT_TREES,
     max_leaves: int | None = DEFAULT_MAX_LEAVES, seed: int = 0, threshold: float | None = None,
-    train_groups: np.ndarray | None = None,
+    train_groups: np.ndarray | None = None, ambiguity: bool = False,
 ) -> Predictions:
     """Predictions on separate test inputs from a forest trained on the training inputs
-    (and an ambiguity checker when the training flows' capture groups are given)."""
+    (and an ambiguity checker with ``ambiguity``); the threshold is chosen on the training
+    flows' capture groups (default: their captures), as ``train`` chooses it."""
     train_y = train.labels.astype(str)
     classes = sorted(set(train_y.tolist()) | set(test.labels.astype(str).tolist()))
+    groups = train.captures if train_groups is None else train_groups
     proba, chosen, seconds = fit_predict(train.features, train_y, test.features, classes,
-                                         trees, max_leaves, seed, threshold, train_groups)
+                                         trees, max_leaves, seed, threshold, groups, ambiguity)
     unseen = sorted(set(test.labels.tolist()) - set(train_y.tolist()))
     fold = FoldResult(1, len(train), len(test), sorted(set(test.captures.tolist())), chosen,
                       seconds, unseen)

@@ -146,7 +146,8 @@ def train_model(
 ) -> AppModel:
     """Fit an :class:`~appsight.classifier.AppClassifier` on the dataset, as a model file.
 
-    Without a given threshold it is chosen from out-of-bag predictions; with ``ambiguity``
+    Without a given threshold it is chosen on captures held out inside the training data
+    (``groups``, default the captures; out-of-bag votes below 4 of them); with ``ambiguity``
     the checker is fitted on the capture ``groups`` (default: each capture its own group) and
     the threshold, 0.5 unless given, applies to its probability that an answer is right.
     """

@@ -31,7 +31,7 @@ Measure how well the forest of 'train' names apps in captures it has not
 seen: grouped cross-validation by capture (the flows of a capture, and captures that
 share packets per --groups-file, never sit on both sides), or training inputs against
 separate --test inputs. The confidence threshold is chosen as 'train' chooses it,
-from out-of-bag predictions of the training side only.
+from the training side only: on its captures held out by a cross-validation inside it.
 
 Prints the per-app table (% correct, % unknown), AppScanner's reject-option table
 (thresholds 0.5 / 0.7 / 0.9) and macro-F1; writes results.json, confusion.png and
@@ -67,7 +67,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "(as ../shared/data/pcap_overlaps.tsv); repeatable")
     parser.add_argument("--threshold", type=probability, metavar="P",
                         help="confidence below which a flow is 'unknown' (default: chosen "
-                        "from out-of-bag predictions of each training side)")
+                        "as train chooses it, on each training side)")
     parser.add_argument("--min-class-flows", type=int, default=1, metavar="N",
                         help="only apps with at least N flows (default 1)")
     parser.add_argument("--min-class-captures", type=int, default=1, metavar="N",
@@ -204,7 +204,7 @@ def _predict(args: argparse.Namespace, train: Any, test: Any, groups: np.ndarray
     print(f"appsight: training on {len(train)} flows of {len(apps)} apps, testing on "
           f"{len(test)} flows; {args.trees} trees", file=sys.stderr)
     predictions = train_test(train, test, args.trees, max_leaves, args.seed, args.threshold,
-                             groups if args.ambiguity else None)
+                             groups, args.ambiguity)
     _fold_done(predictions.folds[0])
     unseen = predictions.folds[0].unseen_apps
     if unseen:
@@ -223,7 +223,7 @@ def _settings(args: argparse.Namespace, feature_set: FeatureSet, options: Pipeli
         "trees": args.trees, "max_leaves": args.max_leaves or None, "seed": args.seed,
         "threshold": args.threshold if args.threshold is not None
         else "0.5 on the ambiguity checker's probability" if args.ambiguity
-        else "chosen from out-of-bag predictions of each training side",
+        else "chosen on each training side's captures held out inside it",
         "ambiguity": args.ambiguity,
         "burst_gap": options.burst_gap, "drop_background": args.drop_background,
         "min_packets": args.min_packets, "min_class_flows": args.min_class_flows,
