@@ -10,7 +10,8 @@ Why this shape:
   cross-validation grouped by session (every flow of a session on the same side) is reported
   next to it.
 * **The same forest for every set** (:class:`appsight.classifier.AppClassifier`, 150 trees),
-  with the threshold that ``appsight train`` would save (out-of-bag votes of the training side).
+  with the threshold that ``appsight train`` would save (chosen on the training side's sessions,
+  held out by a cross-validation by session inside it).
 * **Per flow:** macro-F1 and accuracy at that threshold (an unanswered flow is wrong for
   macro-F1; accuracy is over the answered flows, next to the share answered), and at equal
   coverage (every flow answered; 80 % answered), so that a set is not credited for the flows it
@@ -428,8 +429,9 @@ def write_docs(results: dict[str, Any], images: dict[str, str]) -> str:
     add("")
     add(f"Each app's earliest {round(100 * results['args']['train_fraction'])} % of sessions "
         f"train, its later ones test. The same forest for every set ({results['args']['trees']} "
-        "trees; `appsight train` makes 150), its threshold chosen from out-of-bag votes of "
-        "the training side. *Burst gap 1 s* are appsight's flows (cut at 1 s of silence); "
+        "trees; `appsight train` makes 150), its threshold chosen as `train` chooses it: on "
+        "the training side's sessions, held out by a 4-fold cross-validation by session "
+        "inside it. *Burst gap 1 s* are appsight's flows (cut at 1 s of silence); "
         "*none* are whole flows, on exactly the flows that appsight and nfstream both see "
         "once per session, so those rows compare flow for flow. Session columns compare "
         "every row: the sessions are the same.")
@@ -467,8 +469,9 @@ def write_docs(results: dict[str, Any], images: dict[str, str]) -> str:
         add(f"{len(u['held_out'])} apps, drawn with the seed, are left out of training (time "
             f"split otherwise): {', '.join(u['held_out'])}. Their test sessions should come "
             "out `unknown`, and the known apps' should still be named. The reject threshold "
-            "trades one for the other; the star is the threshold the model saves (chosen from "
-            "out-of-bag votes of the training data, which never include an unseen app).")
+            "trades one for the other; the star is the threshold the model saves (chosen on "
+            "training sessions held out inside the training data, which never include an "
+            "unseen app).")
         add("")
         if "unseen" in images:
             add(f"![Unseen apps against known apps]({images['unseen']})")
