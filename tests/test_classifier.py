@@ -5,7 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from appsight.classifier import UNKNOWN, AppClassifier
+from appsight.classifier import (
+    UNKNOWN,
+    AppClassifier,
+    choose_threshold,
+    grouped_threshold,
+    held_out_proba,
+)
 from appsight.errors import UsageError
 from appsight.evaluation import fit_predict
 from appsight.features import FEATURE_SETS
@@ -93,6 +99,30 @@ def test_threshold_held_out_by_capture_rejects_where_out_of_bag_votes_do_not() -
     assert right_minus_wrong(proba, classes, new_y, held_out.threshold_) > \
         right_minus_wrong(proba, classes, new_y, by_votes.threshold_)
     assert held_out.predict(new_x).tolist().count(UNKNOWN) > 0
+
+
+def test_apps_in_one_capture_each_fall_back_to_out_of_bag_votes() -> None:
+    """As in a lab with one recording per app: held out by capture, every app is unseen, so
+    the threshold would learn only that unseen apps are wrong. It comes from out-of-bag votes
+    then, and says why."""
+    x, y, groups = capture_clouds(1, per_app=1)
+    fitted = AppClassifier(trees=30, seed=0).fit(x, y, groups)
+    assert fitted.threshold_chosen_by_.startswith("out-of-bag predictions (too few captures")
+
+
+def test_only_apps_on_the_training_side_choose_the_threshold() -> None:
+    """An app with one capture among apps with many is held out whole in its fold; its flows
+    are left out of the choice, not counted as wrong answers."""
+    x, y, groups = capture_clouds(1)
+    single, single_y, single_g = capture_clouds(3, per_app=1)
+    keep = single_y == "mail"  # one extra app, one capture
+    x = np.vstack([x, single[keep] + 10.0])
+    y = np.concatenate([y, np.array(["solo"] * int(keep.sum()), dtype=object)])
+    groups = np.concatenate([groups, single_g[keep]])
+    proba, classes, seen = held_out_proba(x, y, groups, seed=0)
+    assert not seen[y == "solo"].any() and seen[y != "solo"].all()
+    assert grouped_threshold(x, y, groups, seed=0) == choose_threshold(
+        proba[seen], np.searchsorted(classes, y[seen].astype(str)))
 
 
 def test_threshold_is_chosen_from_out_of_bag_votes_when_not_given() -> None:

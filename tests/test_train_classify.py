@@ -118,7 +118,8 @@ def test_train_on_sample_stores_what_it_learned(sample_model: Path) -> None:
     total = sum(len(b.flows) for b in iter_flow_blocks(SAMPLE, PipelineOptions()))
     assert training["unlabelled_flows"] == total - 13 > 0
     assert training["threshold_chosen_by"] == (  # one capture: none to hold out
-        "out-of-bag predictions (fewer than 4 captures to hold out)")
+        "out-of-bag predictions (too few captures to hold out: 4 or more, and 2 apps in 2 or "
+        "more)")
     assert model.threshold in THRESHOLD_GRID
     assert model.burst_gap == 1.0
 

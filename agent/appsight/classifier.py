@@ -91,9 +91,10 @@ def oob_threshold(forest: Any, labels: np.ndarray) -> float:
 
 def held_out_proba(features: np.ndarray, labels: np.ndarray, groups: np.ndarray,
                    max_leaves: int | None = DEFAULT_MAX_LEAVES, seed: int = 0,
-                   ) -> tuple[np.ndarray, np.ndarray]:
-    """(probabilities, their classes, sorted) of every training row from a forest that never
-    saw its capture group: CHECKER_FOLDS folds grouped by capture, CHECKER_INNER_TREES trees.
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(probabilities, their classes (sorted), whether the row's app was on the training side)
+    of every training row from a forest that never saw its capture group: CHECKER_FOLDS folds
+    grouped by capture, CHECKER_INNER_TREES trees.
 
     What a deployed model meets is new captures. Out-of-bag votes come from trees that saw
     the row's own capture (other flows of the same session, a day's repeats), so they are
@@ -105,6 +106,7 @@ def held_out_proba(features: np.ndarray, labels: np.ndarray, groups: np.ndarray,
     y = labels.astype(str)
     classes = np.array(sorted(set(y.tolist())))
     proba = np.zeros((len(y), len(classes)))
+    seen = np.zeros(len(y), dtype=bool)
     splitter = StratifiedGroupKFold(n_splits=CHECKER_FOLDS, shuffle=True, random_state=seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "least populated class" with rare apps
@@ -113,14 +115,28 @@ def held_out_proba(features: np.ndarray, labels: np.ndarray, groups: np.ndarray,
             forest.fit(features[inner_train], y[inner_train])
             columns = np.searchsorted(classes, forest.classes_.astype(str))
             proba[np.ix_(inner_test, columns)] = forest.predict_proba(features[inner_test])
-    return proba, classes
+            seen[inner_test] = np.isin(y[inner_test], forest.classes_.astype(str))
+    return proba, classes, seen
 
 
 def grouped_threshold(features: np.ndarray, labels: np.ndarray, groups: np.ndarray,
                       max_leaves: int | None = DEFAULT_MAX_LEAVES, seed: int = 0) -> float:
-    """:func:`choose_threshold` over :func:`held_out_proba`: the threshold ``train`` saves."""
-    proba, classes = held_out_proba(features, labels, groups, max_leaves, seed)
-    return choose_threshold(proba, np.searchsorted(classes, labels.astype(str)))
+    """:func:`choose_threshold` over :func:`held_out_proba`: the threshold ``train`` saves.
+
+    Only rows whose app was on the training side count: an app with one capture is held out
+    whole, and its flows, always wrong there, say nothing about the model that knows it.
+    (Call it when at least two apps have two capture groups or more: :func:`can_hold_out`.)
+    """
+    proba, classes, seen = held_out_proba(features, labels, groups, max_leaves, seed)
+    truth = np.searchsorted(classes, labels.astype(str))
+    return choose_threshold(proba[seen], truth[seen])
+
+
+def can_hold_out(labels: np.ndarray, groups: np.ndarray) -> bool:
+    """Whether captures can be held out to choose a threshold: CHECKER_FOLDS groups or more,
+    and two or more apps in two groups or more."""
+    return len(set(groups.tolist())) >= CHECKER_FOLDS and len(
+        classes_with_enough_data(labels.astype(str), groups, min_groups=2)) >= 2
 
 
 def classes_with_enough_data(labels: np.ndarray, groups: np.ndarray, min_flows: int = 1,
@@ -169,7 +185,7 @@ def fit_checker(features: np.ndarray, labels: np.ndarray, groups: np.ndarray,
     if len(set(groups.tolist())) < CHECKER_FOLDS:
         raise UsageError(f"--ambiguity needs at least {CHECKER_FOLDS} independent captures")
     y = labels.astype(str)
-    proba, classes = held_out_proba(features, y, groups, max_leaves, seed)
+    proba, classes, _ = held_out_proba(features, y, groups, max_leaves, seed)
     right = classes[proba.argmax(axis=1)] == y
     checker = make_forest(trees, max_leaves, seed=seed)
     checker.fit(features, right)
@@ -246,8 +262,8 @@ class AppClassifier(ClassifierMixin, BaseEstimator):
             check_checker_groups(labels, groups)
         started = time.perf_counter()
         choose = self.threshold is None and not self.ambiguity
-        by_groups = choose and groups is not None and len(set(np.asarray(groups).tolist())
-                                                          ) >= CHECKER_FOLDS
+        by_groups = choose and groups is not None and can_hold_out(
+            labels, np.asarray(groups).astype(str))
         choose_by_oob = choose and not by_groups
         forest = make_forest(self.trees, self.max_leaves, self.class_weight, self.seed,
                              self.jobs, oob=choose_by_oob)
@@ -269,7 +285,8 @@ class AppClassifier(ClassifierMixin, BaseEstimator):
         if threshold is None:
             threshold, chosen_by = oob_threshold(forest, labels), "out-of-bag predictions"
             if groups is not None:
-                chosen_by += f" (fewer than {CHECKER_FOLDS} captures to hold out)"
+                chosen_by += (f" (too few captures to hold out: {CHECKER_FOLDS} or more, "
+                              "and 2 apps in 2 or more)")
             del forest.oob_decision_function_  # training-set data has no place in a model file
         self.forest_, self.checker_ = forest, checker
         self.threshold_, self.threshold_chosen_by_ = float(threshold), chosen_by

@@ -41,7 +41,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         help="confidence below which a flow is 'unknown' (default: chosen on "
                         "flows of training captures held out by a 4-fold cross-validation by "
                         "capture, where the forest answers as right as wrong; stored in the "
-                        "model. With fewer than 4 captures: from out-of-bag votes)")
+                        "model. With fewer captures, or fewer than 2 apps in 2 captures or "
+                        "more: from out-of-bag votes)")
     parser.add_argument("--seed", type=seed, default=0, help="random seed (default 0)")
     parser.add_argument("--ambiguity", action="store_true", help=AMBIGUITY_HELP)
     parser.add_argument("--groups-file", metavar="TSV", action="append",
