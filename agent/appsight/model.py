@@ -243,7 +243,6 @@ def load_model(path: str | Path, expect_sha256: str | None = None,
     if trusted is not None:
         trusted.check(path, actual)
     header, payload = read_header(path, data)
-    import skops.io as sio  # only now: its import costs a second or two
     name, version = header.get("feature_set"), header.get("feature_set_version")
     feature_set = FEATURE_SETS.get(str(name))
     if feature_set is None or feature_set.version != version:
@@ -253,6 +252,20 @@ def load_model(path: str | Path, expect_sha256: str | None = None,
         )
     if list(header.get("feature_columns", [])) != list(feature_set.columns):
         raise ModelError(f"{path}: feature columns differ from {feature_set.tag}; retrain")
+    forest, checker = _forest_and_checker(path, header, _unpack(path, header, payload),
+                                          len(feature_set.columns))
+    meta = {k: v for k, v in header.items() if k not in RESERVED_FIELDS or k == "versions"}
+    from .classifier import AppClassifier
+
+    estimator = AppClassifier.from_fitted(forest, float(header.get("threshold", 0.5)), checker)
+    return AppModel(estimator, feature_set, header.get("burst_gap"), meta)
+
+
+def _unpack(path: str | Path, header: dict[str, Any], payload: bytes) -> Any:
+    """The payload's objects, built by skops only after the zip directory and the types in
+    it passed the checks."""
+    import skops.io as sio  # only now: its import costs a second or two
+
     try:
         check_archive(payload)
     except PayloadError as exc:
@@ -265,13 +278,19 @@ def load_model(path: str | Path, expect_sha256: str | None = None,
     if refused:
         raise ModelError(f"{path}: model holds types that are not trusted: {', '.join(refused)}")
     try:
-        stored = sio.loads(payload, trusted=list(untrusted))
+        return sio.loads(payload, trusted=list(untrusted))
     except Exception as exc:  # an incompatible scikit-learn shows up here
         trained = header.get("versions", {}).get("scikit-learn", "?")
         raise ModelError(
             f"{path}: cannot load the forest ({type(exc).__name__}: {exc}); it was trained "
             f"with scikit-learn {trained}"
         ) from None
+
+
+def _forest_and_checker(path: str | Path, header: dict[str, Any], stored: Any,
+                        width: int) -> tuple[Any, Any]:
+    """The forest (and checker) of the unpacked payload, as the header describes them, with
+    every tree checked the way predict walks it."""
     from sklearn.ensemble import RandomForestClassifier
 
     checker = None
@@ -281,7 +300,7 @@ def load_model(path: str | Path, expect_sha256: str | None = None,
         forest, checker = stored["forest"], stored["checker"]
         outcomes = np.asarray(getattr(checker, "classes_", []))
         if not isinstance(checker, RandomForestClassifier) or outcomes.dtype != np.bool_ or (
-            getattr(checker, "n_features_in_", None) != len(feature_set.columns)
+            getattr(checker, "n_features_in_", None) != width
         ) or len(outcomes) not in (1, 2):
             raise ModelError(f"{path}: the ambiguity checker does not match the model")
     else:
@@ -290,21 +309,16 @@ def load_model(path: str | Path, expect_sha256: str | None = None,
         str(c) for c in getattr(forest, "classes_", [])
     ] != list(header.get("classes", [])):
         raise ModelError(f"{path}: model payload does not match its header")
-    if getattr(forest, "n_features_in_", None) != len(feature_set.columns):
-        width = getattr(forest, "n_features_in_", "an unknown number of")
-        raise ModelError(f"{path}: forest expects {width} features")
+    if getattr(forest, "n_features_in_", None) != width:
+        expects = getattr(forest, "n_features_in_", "an unknown number of")
+        raise ModelError(f"{path}: forest expects {expects} features")
     try:
-        check_forest(forest, len(feature_set.columns), len(forest.classes_))
+        check_forest(forest, width, len(forest.classes_))
         if checker is not None:
-            check_forest(checker, len(feature_set.columns), len(checker.classes_),
-                         role="ambiguity checker")
+            check_forest(checker, width, len(checker.classes_), role="ambiguity checker")
     except PayloadError as exc:
         raise ModelError(f"{path}: {exc}; refusing it") from None
-    meta = {k: v for k, v in header.items() if k not in RESERVED_FIELDS or k == "versions"}
-    from .classifier import AppClassifier
-
-    estimator = AppClassifier.from_fitted(forest, float(header.get("threshold", 0.5)), checker)
-    return AppModel(estimator, feature_set, header.get("burst_gap"), meta)
+    return forest, checker
 
 
 def file_sha256(path: str | Path) -> str:
