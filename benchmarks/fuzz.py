@@ -487,6 +487,15 @@ def _unmutated(kind: str, seeds: Seeds) -> Case:
 
 
 # ----------------------------------------------------------------------------- docs
+#: Problems this harness found, with the test that now holds each fixed.
+FOUND = (
+    "a model whose zip directory asks for zip version 25.5 raised NotImplementedError from "
+    "zipfile, a traceback (`test_zip_of_an_unknown_version_is_a_damaged_payload`)",
+    "`features X -o FILE` on captures none of which could be read kept FILE as it was but "
+    "said `wrote 0 flows ... to FILE` (`test_features_that_read_nothing_leave_the_old_table`)",
+)
+
+
 def write_docs(result: dict, command: str) -> str:
     counts = result["counts"]
     total = Counter()
@@ -498,6 +507,7 @@ def write_docs(result: dict, command: str) -> str:
     rows.append(f"| **all** | **{sum(total.values())}** | {total['accepted']} | "
                 f"{total['refused']} | **{total['crash']}** | **{total['hang']}** | "
                 f"**{total['lost']}** |")
+    found = "\n".join(f"- {line}" for line in FOUND)
     failures = "\n".join(f"- {f['kind']}, {f['detail']}: {f['outcome']} ({f['last_line']})"
                          for f in result["failures"]) or "None."
     return f"""# Robustness: what bad input does to appsight
@@ -507,10 +517,9 @@ seeds built from the embedded sample capture, and run the way a user runs it
 (`benchmarks/fuzz.py`; its docstring describes the mutants and outcomes). An input is
 *accepted* when the command still succeeds (a flipped payload byte is still a capture),
 *refused* when it gives `error:` lines (one per bad input) and exit status 2, and anything
-else counts
-against appsight: a *crash* (a traceback, a signal, another exit status), a *hang* (still
-running after {TIMEOUT_S:.0f} s), or a *lost* output (a failed command changed a file that
-existed before it ran).
+else counts against appsight: a *crash* (a traceback, a signal, another exit status), a
+*hang* (still running after {TIMEOUT_S:.0f} s), or a *lost* output (a failed command changed
+a file that existed before it ran).
 
 {result['per_kind']} cases per kind, seed {result['seed']}, {result['seconds']:.0f} s on
 {os.cpu_count()} cores:
@@ -538,6 +547,10 @@ What the kinds are:
 Cases that were not accepted or refused:
 
 {failures}
+
+What earlier runs found, each fixed and now a test of its own:
+
+{found}
 
 Reproduce (the counts above are from this command; `make test` runs a smaller one in
 `tests/test_fuzz.py`, which fails on any crash, hang or lost output):
