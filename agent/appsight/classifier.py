@@ -220,8 +220,8 @@ class AppClassifier(ClassifierMixin, BaseEstimator):
     """Random forest + reject threshold (+ ambiguity checker): the model of every command.
 
     Parameters are those of ``appsight train``. ``threshold=None`` chooses it on fit: on
-    flows of captures held out inside the training data when ``groups`` names at least
-    CHECKER_FOLDS of them (:func:`grouped_threshold`), else from out-of-bag votes
+    flows of captures held out inside the training data when ``groups`` allows it
+    (:func:`can_hold_out`, :func:`grouped_threshold`), else from out-of-bag votes
     (:func:`oob_threshold`); with the ambiguity checker it is :data:`CHECKER_THRESHOLD`.
     After fit: ``forest_``, ``checker_`` (None without ambiguity), ``threshold_``,
     ``threshold_chosen_by_``, ``classes_`` and ``fit_seconds_``.
@@ -262,8 +262,8 @@ class AppClassifier(ClassifierMixin, BaseEstimator):
             check_checker_groups(labels, groups)
         started = time.perf_counter()
         choose = self.threshold is None and not self.ambiguity
-        by_groups = choose and groups is not None and can_hold_out(
-            labels, np.asarray(groups).astype(str))
+        group_ids = None if groups is None else np.asarray(groups).astype(str)
+        by_groups = choose and group_ids is not None and can_hold_out(labels, group_ids)
         choose_by_oob = choose and not by_groups
         forest = make_forest(self.trees, self.max_leaves, self.class_weight, self.seed,
                              self.jobs, oob=choose_by_oob)
@@ -278,8 +278,7 @@ class AppClassifier(ClassifierMixin, BaseEstimator):
             if threshold is None:
                 threshold, chosen_by = CHECKER_THRESHOLD, "ambiguity checker: more likely right"
         if by_groups:
-            threshold = grouped_threshold(X, labels, np.asarray(groups).astype(str),
-                                          self.max_leaves, self.seed)
+            threshold = grouped_threshold(X, labels, group_ids, self.max_leaves, self.seed)
             chosen_by = "cross-validation by capture"
         self.fit_seconds_ = time.perf_counter() - started
         if threshold is None:
